@@ -1,0 +1,53 @@
+"""Named registries of building blocks, so tricks can add parts without editing the harness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from harness.errors import unknown_choice
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name → object table whose lookups fail with the list of valid names.
+
+    Args:
+        kind: What the entries are, for error messages ("stem", "optimizer", ...).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Return a decorator that stores its argument under ``name``."""
+
+        def add(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        """Return the entry called ``name``; raise a UserError naming the choices if absent."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise unknown_choice(self.kind, name, self._entries) from None
+
+    def names(self) -> list[str]:
+        """Return the registered names in registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
