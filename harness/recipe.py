@@ -182,7 +182,8 @@ def validate(recipe: Recipe) -> None:
     if not 0.0 <= recipe.loss.smoothing < 1.0:
         raise UserError(f"loss.smoothing must be in [0, 1), got {recipe.loss.smoothing}")
     if recipe.trainer.precision not in ("auto", "fp32", "bf16"):
-        raise unknown_choice("trainer.precision", recipe.trainer.precision, ["auto", "fp32", "bf16"])
+        raise unknown_choice("trainer.precision", recipe.trainer.precision,
+                             ["auto", "fp32", "bf16"])
     for key, stats in (("data.mean", recipe.data.mean), ("data.std", recipe.data.std)):
         if stats is not None and len(stats) not in (1, 3):
             raise UserError(f"{key} needs 1 or 3 values, got {len(stats)}")

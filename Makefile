@@ -1,0 +1,62 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both create .venv when it is
+# missing and reinstall only when setup.cfg or pyproject.toml changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip takes these from the files on disk here; elsewhere it downloads them. Override for another
+# build, e.g. TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cu128".
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+SHARED_DATA := ../shared/data/cifar10-jpeg.tar.gz
+ARGS ?=
+PORT ?= 5000
+
+.PHONY: run test lint data ui benchmark export clean help
+
+help:
+	@echo "make run [ARGS='study=tricks budget=cpu ...']   run a study (default: the tricks grid)"
+	@echo "make test                                      lint and run the test suite"
+	@echo "make ui [PORT=5000]                            MLflow UI on 127.0.0.1 over mlruns/"
+	@echo "make export [ARGS='study=tricks']              write the ablation CSVs"
+	@echo "make benchmark [ARGS=--quick]                  training throughput, side by side"
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ui]"
+	@touch $(STAMP)
+
+# Unpack the offline CIFAR-10 copy into ./data (the default data.root) when it sits beside us.
+data/.unpacked:
+	@if [ -f $(SHARED_DATA) ]; then \
+		(cd $(dir $(SHARED_DATA)) && sha256sum -c --quiet $(notdir $(SHARED_DATA)).sha256) && \
+		mkdir -p data && tar xzf $(SHARED_DATA) -C data && touch $@ && \
+		echo "unpacked CIFAR-10 (JPEG copy) into data/"; \
+	else echo "no $(SHARED_DATA): the run will try to download CIFAR-10 into data/"; fi
+
+data: data/.unpacked
+
+run: $(STAMP) data
+	@if [ -d data/train ] || [ -d data/cifar-10-batches-py ]; then \
+		$(PY) -m harness.run $(ARGS); \
+	else $(PY) -m harness.run data.download=true $(ARGS); fi
+
+export: $(STAMP)
+	$(PY) -m harness.export $(ARGS)
+
+test: $(STAMP) lint data
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db \
+		--host 127.0.0.1 --port $(PORT) --workers 1
+
+benchmark: $(STAMP) data
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

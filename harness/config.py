@@ -1,0 +1,224 @@
+"""Command-line configuration: Hydra override syntax over a study file, a budget and a recipe.
+
+Layers, later wins: the Recipe's defaults, the study's ``recipe:``, the study's budget section,
+then ``key=value`` overrides from the command line. Every key is checked against what exists, so
+a typo fails at once with one line naming the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from harness.errors import UserError, unknown_choice
+from harness.recipe import SECTIONS, Recipe
+from harness.studies import StudySpec, list_studies, load_study
+from harness.tricks import TRICKS, load_tricks
+
+BUDGETS = ("auto", "smoke", "cpu", "full")
+DEFAULT_STUDY = "tricks"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+# Settings of the harness itself (not of a training run), with their defaults and help.
+SETTINGS: dict[str, tuple[Any, str]] = {
+    "study": (DEFAULT_STUDY, "study file in studies/ to run"),
+    "budget": ("auto", "smoke | cpu | full | auto (full on CUDA, cpu otherwise)"),
+    "seeds": (None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's"),
+    "n_trials": (None, "trials of an optuna study; default: the study's"),
+    "storage": (None, "Optuna storage: a journal file path or an RDB URL; default: "
+                "mlruns/optuna/<study>.journal"),
+    "tracking_uri": (DEFAULT_TRACKING_URI, "MLflow tracking URI (sqlite:///PATH or http://HOST)"),
+    "device": ("auto", "auto | cpu | cuda | cuda:N | mps"),
+    "progress": (True, "show progress bars"),
+    "out": (None, "folder for the exported report; default: exports/<study>-<budget>"),
+    "stale_after": (900.0, "seconds without a heartbeat after which another host's RUNNING "
+                    "trial counts as dead"),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one invocation of ``harness.run`` needs, validated."""
+
+    study: StudySpec
+    recipe: Recipe  # the base recipe: study + budget + command line, before any toggle
+    budget: str  # smoke | cpu | full, never auto
+    seeds: tuple[int, ...]
+    configs: tuple[dict[str, str], ...]  # toggles of each grid config (fixed ones included)
+    fixed: dict[str, str]  # toggles that hold in every trial
+    factors: dict[str, list[str]]  # trick → options searched (optuna) or crossed (grid)
+    n_trials: int | None
+    storage: str | None
+    tracking_uri: str
+    device: str
+    progress: bool
+    out: str | None
+    stale_after: float
+    overrides: tuple[str, ...] = field(default=())
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings with Hydra's override grammar into ``{key: python value}``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    values: dict[str, Any] = {}
+    for arg in args:
+        if "=" not in arg:
+            raise UserError(f"cannot read '{arg}': overrides look like key=value, e.g. budget=cpu")
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"cannot read '{arg}': {first}") from None
+        if override.is_sweep_override():
+            raise UserError(f"'{arg}' is a sweep; give a factor's options as a list instead, "
+                            f"e.g. factors.TRICK=[OPTION_A,OPTION_B]")
+        if override.is_delete() or override.is_add() or override.is_force_add():
+            raise UserError(f"'{arg}': only plain key=value overrides are supported")
+        key = override.key_or_group
+        values[key] = _plain(override.value())
+    return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recipe_keys() -> list[str]:
+    """Return every recipe key a command line may set, e.g. ``trainer.batch_size``."""
+    keys = []
+    hints = typing.get_type_hints(Recipe)
+    for section in SECTIONS:
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(hints[section])]
+    return keys
+
+
+def build_config(args: Sequence[str], cuda_available: bool | None = None) -> RunConfig:
+    """Turn command-line overrides into a validated RunConfig, or raise a UserError."""
+    load_tricks()
+    values = parse_overrides(args)
+    settings = {key: default for key, (default, _) in SETTINGS.items()}
+    recipe_overrides: dict[str, Any] = {}
+    factor_overrides: dict[str, list[str]] = {}
+    trick_overrides: dict[str, str] = {}
+    valid_recipe_keys = set(recipe_keys()) | {"seed"}
+    for key, value in values.items():
+        if key in SETTINGS:
+            settings[key] = value
+        elif key in valid_recipe_keys:
+            recipe_overrides[key] = value
+        elif key.startswith("factors."):
+            trick = TRICKS.get(key.removeprefix("factors."))
+            options = value if isinstance(value, list) else [value]
+            factor_overrides[trick.name] = [trick.option(v) for v in options]
+        elif key in TRICKS:
+            trick_overrides[key] = TRICKS.get(key).option(value)
+        else:
+            choices = [*SETTINGS, *valid_recipe_keys, *TRICKS, "factors.<trick>"]
+            raise unknown_choice("key", key, choices)
+
+    study = load_study(str(settings["study"]))
+    budget = resolve_budget(str(settings["budget"]), cuda_available)
+    recipe = compose_recipe(study, budget, recipe_overrides)
+    seeds = _seeds(settings["seeds"], study.seeds_for(budget))
+    factors, configs, fixed = study.plan(factor_overrides, trick_overrides)
+    n_trials = settings["n_trials"] if settings["n_trials"] is not None else (
+        study.n_trials_for(budget))
+    if n_trials is not None and (not isinstance(n_trials, int) or n_trials <= 0):
+        raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if not isinstance(settings["progress"], bool):
+        raise UserError(f"progress must be true or false, got {settings['progress']!r}")
+    return RunConfig(
+        study=study, recipe=recipe, budget=budget, seeds=seeds, configs=tuple(configs),
+        fixed=fixed, factors=factors, n_trials=n_trials,
+        storage=None if settings["storage"] is None else str(settings["storage"]),
+        tracking_uri=str(settings["tracking_uri"]), device=str(settings["device"]),
+        progress=settings["progress"],
+        out=None if settings["out"] is None else str(settings["out"]),
+        stale_after=float(settings["stale_after"]), overrides=tuple(args),
+    )
+
+
+def resolve_budget(budget: str, cuda_available: bool | None = None) -> str:
+    """Return the concrete budget: ``auto`` is ``full`` on CUDA and ``cpu`` otherwise."""
+    if budget not in BUDGETS:
+        raise unknown_choice("budget", budget, BUDGETS)
+    if budget != "auto":
+        return budget
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return "full" if cuda_available else "cpu"
+
+
+def compose_recipe(study: StudySpec, budget: str, overrides: Mapping[str, Any]) -> Recipe:
+    """Merge the recipe layers and build the (validated) base Recipe."""
+    layers = [OmegaConf.create(dict(study.recipe)), OmegaConf.create(study.budget_recipe(budget))]
+    dotted = OmegaConf.from_dotlist([])
+    for key, value in overrides.items():
+        OmegaConf.update(dotted, key, value, force_add=True)
+    merged = OmegaConf.to_container(OmegaConf.merge(*layers, dotted), resolve=True)
+    return Recipe.from_dict(merged)
+
+
+def _seeds(value: Any, default: Sequence[int]) -> tuple[int, ...]:
+    seeds = default if value is None else value
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if not isinstance(seeds, list | tuple) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in seeds
+    ):
+        raise UserError(f"seeds must be a non-empty list of integers, e.g. seeds=[0,1,2]; "
+                        f"got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must not repeat, got {list(seeds)}")
+    return tuple(seeds)
+
+
+def help_text() -> str:
+    """Return the text of ``--help``: usage, groups, settings and recipe keys with defaults."""
+    load_tricks()
+    defaults = Recipe().flat()
+    lines = [
+        "usage: python -m harness.run [--help] [--list-tricks] [--dry-run] [key=value ...]",
+        "",
+        "Runs a study: every config of its tricks through one training loop, logged to MLflow.",
+        "Overrides use Hydra's syntax: key=value, lists as [a,b].",
+        "",
+        "groups:",
+        f"  study=NAME        one of: {', '.join(list_studies())} (files in studies/)",
+        f"  budget=NAME       one of: {', '.join(BUDGETS)}",
+        "",
+        "settings:",
+    ]
+    for key, (default, doc) in SETTINGS.items():
+        if key not in ("study", "budget"):
+            lines.append(f"  {key + '=':<18}{doc} [default: {default}]")
+    lines += ["",
+              "tricks (TRICK=OPTION fixes or restricts a trick; factors.TRICK=[...] crosses it;",
+              "        --list-tricks shows their options):",
+              "  " + ", ".join(TRICKS), "", "recipe keys (study values win over these defaults):"]
+    for key in recipe_keys():
+        lines.append(f"  {key + '=':<26}[default: {defaults.get(key)}]")
+    lines.append(f"  {'seed=':<26}[default: {defaults.get('seed')}] (seeds= repeats a study)")
+    return "\n".join(lines)
+
+
+def studies_dir() -> Path:
+    """Return the folder of study files (``studies/`` at the repository root)."""
+    from harness.studies import STUDIES_DIR
+
+    return STUDIES_DIR

@@ -1,0 +1,77 @@
+"""Accuracy, per-class accuracy, confusion matrix and loss, batched on the model's device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The scores of one model on one labelled set. Accuracies are in percent."""
+
+    accuracy: float
+    loss: float
+    per_class_accuracy: dict[str, float]
+    confusion: torch.Tensor  # [true, predicted] counts, int64, on the CPU
+    count: int
+
+    def format(self, title: str = "test") -> str:
+        """Return the seed's printout: overall accuracy, then one line per class."""
+        lines = [f"Accuracy of the network on the {self.count} {title} images: "
+                 f"{self.accuracy:.2f} %"]
+        width = max((len(name) for name in self.per_class_accuracy), default=5)
+        lines += [f"Accuracy of {name:>{width}} : {acc:5.1f} %"
+                  for name, acc in self.per_class_accuracy.items()]
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int,
+            autocast_dtype: torch.dtype | None = None,
+            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Return the float32 logits of ``images`` in batches, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    device_type = images.device.type
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].contiguous(memory_format=memory_format)
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            outputs.append(model(batch).float())
+    model.train(was_training)
+    if not outputs:
+        return torch.empty(0, 0, device=images.device)
+    return torch.cat(outputs)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> Evaluation:
+    """Score ``logits`` against ``labels`` with no Python loop over samples."""
+    num_classes = len(classes)
+    if len(labels) == 0:
+        empty = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        return Evaluation(float("nan"), float("nan"), {c: float("nan") for c in classes}, empty, 0)
+    loss = F.cross_entropy(logits, labels).item()
+    predicted = logits.argmax(dim=1)
+    confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
+    confusion = confusion.reshape(num_classes, num_classes).cpu()
+    correct = confusion.diagonal().double()
+    totals = confusion.sum(dim=1).double()
+    per_class = (100.0 * correct / totals.clamp(min=1)).tolist()
+    per_class = [acc if total > 0 else float("nan") for acc, total in zip(per_class, totals)]
+    accuracy = 100.0 * correct.sum().item() / len(labels)
+    return Evaluation(accuracy, loss, dict(zip(classes, per_class)), confusion, len(labels))
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             classes: Sequence[str], batch_size: int = 1000,
+             autocast_dtype: torch.dtype | None = None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> Evaluation:
+    """Evaluate ``model`` on a labelled set held as tensors on the model's device."""
+    logits = predict(model, images, batch_size, autocast_dtype, memory_format)
+    return score(logits, labels, classes)

@@ -1,0 +1,143 @@
+"""Export a study's report from MLflow: ``python -m harness.export study=tricks [key=value ...]``.
+
+Keys:
+    study: The study's name (required); the experiment is ``<study>-<budget>``.
+    budget: ``auto`` (default) is ``full`` on a CUDA machine and ``cpu`` elsewhere.
+    out: The output folder; default ``exports/<study>-<budget>/``.
+    tracking_uri: The MLflow store; default ``sqlite:///mlruns/mlflow.db``.
+    parent: The study's parent run id, when the experiment holds several; default: the newest.
+
+Writes configs.csv, effects.csv, interactions.csv, verdict.md and two figures (see
+:mod:`harness.report_writer`), prints the verdict and the paths. A mistake in the arguments or a
+missing study or store ends with one ``error:`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from harness.errors import UserError, unknown_choice
+
+DEFAULTS = {
+    "study": None,
+    "budget": "auto",
+    "out": None,
+    "tracking_uri": "sqlite:///mlruns/mlflow.db",
+    "parent": None,
+}
+"""Argument key → default; None means computed (``out``), required (``study``) or newest
+(``parent``)."""
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """Parse ``key=value`` arguments against :data:`DEFAULTS`.
+
+    Args:
+        argv: The arguments, without the program name.
+
+    Returns:
+        Every key of :data:`DEFAULTS` with its value (``out`` may still be None).
+
+    Raises:
+        UserError: An argument without ``=``, an unknown or repeated key, or no study.
+    """
+    given: dict[str, str] = {}
+    for argument in argv:
+        key, equals, value = argument.partition("=")
+        if not equals:
+            raise UserError(f"argument '{argument}' is not key=value; keys: {', '.join(DEFAULTS)}")
+        if key not in DEFAULTS:
+            raise unknown_choice("argument", key, DEFAULTS)
+        if key in given:
+            raise UserError(f"argument '{key}' is given twice")
+        given[key] = value
+    if not given.get("study"):
+        raise UserError("missing study=NAME, e.g. python -m harness.export study=tricks")
+    return {**DEFAULTS, **given}  # type: ignore[dict-item]
+
+
+def resolve_budget(budget: str) -> str:
+    """Return ``budget``, with ``auto`` meaning ``full`` on a CUDA machine and ``cpu`` elsewhere."""
+    if budget != "auto":
+        return budget
+    try:
+        import torch  # imported only here: it takes seconds and only ``auto`` needs it
+    except ImportError:
+        return "cpu"
+    return "full" if torch.cuda.is_available() else "cpu"
+
+
+def readable_tracking_uri(tracking_uri: str) -> str:
+    """Return a usable tracking URI, or raise a UserError when the store cannot be read.
+
+    A ``sqlite:///`` file must exist: MLflow would otherwise create an empty database there and
+    report an empty study. Other URIs get the tracker's checks (server reachable, supported).
+    """
+    if tracking_uri.startswith(SQLITE_PREFIX):
+        path = Path(tracking_uri[len(SQLITE_PREFIX) :])
+        if not path.is_file():
+            raise UserError(f"no MLflow store at {path} (from tracking_uri={tracking_uri})")
+    from harness.tracking import check_tracking_uri
+
+    return check_tracking_uri(tracking_uri)
+
+
+def export(argv: list[str]) -> str:
+    """Load the study, write its report and return the text to print.
+
+    Args:
+        argv: ``key=value`` arguments (see the module doc).
+
+    Returns:
+        The verdict followed by the written paths.
+    """
+    args = parse_args(argv)
+    budget = resolve_budget(args["budget"])
+    tracking_uri = readable_tracking_uri(args["tracking_uri"])
+    for noisy in ("alembic", "mlflow.store.db.utils"):  # schema chatter at INFO on every open
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from harness.report import format_verdict, load_runs, pareto_verdict
+    from harness.report_writer import write_report
+
+    runs, meta = load_runs(tracking_uri, args["study"], budget, parent_run_id=args["parent"])
+    out_dir = Path(args["out"] or Path("exports") / f"{args['study']}-{budget}")
+    paths = write_report(runs, meta, out_dir)
+    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"])
+    others = meta["n_parents"] - 1
+    also = f"; {others} other parent run(s) there, choose with parent=RUN_ID" if others else ""
+    lines = [
+        f"Study {meta['experiment']}: {len(runs)} trial runs of parent run "
+        f"{meta['parent_run_id']} at {tracking_uri}{also}",
+        format_verdict(verdict),
+        "",
+        f"Wrote {len(paths)} files to {out_dir}:",
+        *(f"  {path}" for path in paths.values()),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the export; print the report, or one ``error:`` line for a user's mistake.
+
+    Args:
+        argv: The arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit code: 0 on success, 2 for a user's mistake.
+    """
+    try:
+        text = export(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

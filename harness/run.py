@@ -1,0 +1,139 @@
+"""Command line: ``python -m harness.run study=tricks budget=cpu seeds=[0,1,2] ...``.
+
+Parses and checks the configuration, runs the study, prints the results and the 80/20 verdict.
+A mistake in the input ends with one line on stderr and exit code 2; Ctrl-C stops cleanly, and
+the same command resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+from harness.config import RunConfig, build_config, help_text
+from harness.errors import UserError
+from harness.study import StudyOutcome, StudyRunner, config_label, planned_trials
+from harness.train import device_name, resolve_device
+from harness.tricks import describe_tricks
+
+FLAGS = ("--help", "-h", "--list-tricks", "--dry-run")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def headline(cfg: RunConfig, requested_budget: str) -> str:
+    """Return the first line a run prints: study, budget, trial count and device."""
+    budget = f"{cfg.budget} (auto)" if requested_budget == "auto" else cfg.budget
+    if cfg.study.kind == "grid":
+        count = (f"{len(cfg.configs) * len(cfg.seeds)} trials = {len(cfg.configs)} configs × "
+                 f"{len(cfg.seeds)} seed(s)")
+    else:
+        count = f"{cfg.n_trials} optuna trials over {', '.join(cfg.factors)}"
+    device = device_name(resolve_device(cfg.device))
+    return f"study {cfg.study.name} · budget {budget} · {count} · device {device}"
+
+
+def describe_plan(cfg: RunConfig) -> str:
+    """Return the ``--dry-run`` listing: every trial that would run, and the count."""
+    lines = [f"base recipe: {_recipe_summary(cfg)}"]
+    if cfg.fixed:
+        lines.append("fixed: " + config_label(cfg.fixed))
+    if cfg.study.kind == "grid":
+        trials = planned_trials(cfg)
+        for index, (toggles, seed) in enumerate(trials):
+            lines.append(f"  {index:>3}  {config_label(toggles)}  seed={seed}")
+        lines.append(f"{len(trials)} trials would run (finished ones are skipped on a re-run)")
+    else:
+        for name, options in cfg.factors.items():
+            lines.append(f"  {name}: {options}")
+        for key, span in cfg.study.search.items():
+            scale = "log" if span.log else "linear"
+            lines.append(f"  {key}: {span.low:g} .. {span.high:g} ({scale})")
+        lines.append(f"{cfg.n_trials} trials would run, seeds {list(cfg.seeds)}, "
+                     f"pruner {cfg.study.pruner}")
+    return "\n".join(lines)
+
+
+def _recipe_summary(cfg: RunConfig) -> str:
+    r = cfg.recipe
+    size = "all" if r.data.train_size is None else r.data.train_size
+    return (f"{r.data.name} (train {size}, val {r.data.val_size}), {r.model.arch} "
+            f"w{r.model.width}, {r.optimizer.name} lr {r.optimizer.effective_lr:g}, "
+            f"{r.schedule.name}, batch {r.trainer.batch_size}, {r.trainer.epochs} epochs, "
+            f"augment {list(r.augment.ops) or 'none'}")
+
+
+def results_table(outcome: StudyOutcome) -> str:
+    """Return a table of the trials this invocation ran."""
+    rows = [f"{'trial':>5}  {'status':<11} {'val %':>6} {'test %':>6} {'sec':>6}  config"]
+    for t in outcome.trials:
+        rows.append(f"{t.number:>5}  {t.status:<11} {_pct(t.val_acc):>6} {_pct(t.test_acc):>6} "
+                    f"{t.train_seconds:>6.0f}  {config_label(t.toggles)} seed={t.seed}")
+    return "\n".join(rows)
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def best_trial_text(outcome: StudyOutcome) -> str:
+    """Return the seed's per-class printout for the best finished trial (by val accuracy)."""
+    finished = [t for t in outcome.trials if t.status == "finished" and t.test is not None]
+    if not finished:
+        return ""
+    best = max(finished, key=lambda t: (-math.inf if math.isnan(t.val_acc) else t.val_acc))
+    assert best.test is not None
+    return (f"best trial {best.number} by val accuracy: {config_label(best.toggles)} "
+            f"seed={best.seed}\n{best.test.format()}")
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run the command line ``argv`` (without the program name); return the exit code."""
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    for flag in flags:
+        if flag not in FLAGS:
+            raise UserError(f"unknown flag '{flag}'; flags are {', '.join(FLAGS)}")
+    if "--help" in flags or "-h" in flags:
+        print(help_text())
+        return 0
+    if "--list-tricks" in flags:
+        print(describe_tricks())
+        return 0
+    cfg = build_config(overrides)
+    requested = next((o.split("=", 1)[1] for o in overrides if o.startswith("budget=")), "auto")
+    print(headline(cfg, requested), flush=True)
+    if "--dry-run" in flags:
+        print(describe_plan(cfg))
+        return 0
+    runner = StudyRunner(cfg)
+    outcome = runner.run()
+    if outcome.trials:
+        print(results_table(outcome))
+        text = best_trial_text(outcome)
+        if text:
+            print(text)
+    else:
+        print(f"nothing to run: all {outcome.skipped} trials of this study are already done")
+    from harness.study_report import report_study
+
+    report_study(cfg, outcome)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: turn user mistakes into one line and exit code 2."""
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: the trial in flight is marked KILLED; run the same command again "
+              "to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

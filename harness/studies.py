@@ -1,0 +1,214 @@
+"""Study files (``studies/NAME.yaml``): a base recipe, factors, seeds, a kind and budgets.
+
+A study file has these keys (only ``kind`` and one of ``factors``/``configs`` are required)::
+
+    description: one line
+    kind: grid | optuna
+    factors: {trick: [options, neutral default first]}     # crossed in full by a grid
+    configs: [{trick: option, ...}, ...]                   # or: just these configs
+    seeds: [0]
+    objective: val_acc                                     # maximised; never a test metric
+    n_trials: 20                                           # optuna only
+    pruner: median | none                                  # optuna only
+    search: {optimizer.lr_factor: {low: 0.3, high: 3, log: true}}   # optuna only
+    recipe: {section: {key: value}}                        # the base recipe
+    budgets: {smoke|cpu|full: {recipe: {...}, seeds: [...], n_trials: N}}
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError, unknown_choice
+from harness.tricks import TRICKS, load_tricks
+
+STUDIES_DIR = Path(os.environ.get("HARNESS_STUDIES_DIR", Path(__file__).resolve().parents[1]
+                                  / "studies"))
+KINDS = ("grid", "optuna")
+PRUNERS = ("median", "none")
+OBJECTIVES = ("val_acc", "val_loss")
+
+# What every study's smoke budget does unless the study says otherwise: seconds, for tests.
+SMOKE_RECIPE: dict[str, Any] = {
+    "data": {"train_size": 256, "val_size": 64, "test_size": 256},
+    "model": {"width": 4},
+    "trainer": {"epochs": 1, "batch_size": 64, "eval_batch_size": 256},
+}
+
+_KEYS = ("description", "kind", "factors", "configs", "seeds", "objective", "n_trials", "pruner",
+         "search", "recipe", "budgets")
+_BUDGET_KEYS = ("recipe", "seeds", "n_trials")
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """A numeric recipe key that an optuna study samples."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A parsed, checked study file."""
+
+    name: str
+    kind: str
+    factors: dict[str, list[str]]
+    configs: list[dict[str, str]] | None = None
+    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    objective: str = "val_acc"
+    n_trials: int | None = None
+    pruner: str = "median"
+    search: dict[str, SearchRange] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def direction(self) -> str:
+        """``maximize`` for accuracies, ``minimize`` for losses."""
+        return "minimize" if self.objective.endswith("loss") else "maximize"
+
+    def budget_recipe(self, budget: str) -> dict[str, Any]:
+        """Return the recipe overrides of ``budget`` (smoke has a built-in floor)."""
+        base = _merge(SMOKE_RECIPE, {}) if budget == "smoke" else {}
+        return _merge(base, self.budgets.get(budget, {}).get("recipe", {}))
+
+    def seeds_for(self, budget: str) -> list[int]:
+        """Return the budget's seeds, else the study's."""
+        return list(self.budgets.get(budget, {}).get("seeds", self.seeds))
+
+    def n_trials_for(self, budget: str) -> int | None:
+        """Return the budget's trial count, else the study's."""
+        return self.budgets.get(budget, {}).get("n_trials", self.n_trials)
+
+    def plan(self, factor_overrides: Mapping[str, list[str]],
+             trick_overrides: Mapping[str, str]) -> tuple[
+                 dict[str, list[str]], list[dict[str, str]], dict[str, str]]:
+        """Apply command-line factors and tricks; return (factors, grid configs, fixed toggles).
+
+        ``TRICK=OPTION`` restricts a factor of the study to that option, or, for a trick the
+        study does not vary, fixes it in every trial. ``factors.TRICK=[...]`` sets a factor.
+        """
+        factors = {name: list(options) for name, options in self.factors.items()}
+        factors.update({name: list(options) for name, options in factor_overrides.items()})
+        fixed: dict[str, str] = {}
+        configs = [dict(c) for c in self.configs] if self.configs is not None else None
+        for name, option in trick_overrides.items():
+            if name in factors:
+                factors[name] = [option]
+                if configs is not None:
+                    default = TRICKS.get(name).default
+                    configs = [c for c in configs if c.get(name, default) == option]
+            else:
+                fixed[name] = option
+        if self.kind == "optuna":
+            return factors, [], fixed
+        if configs is None:
+            names = list(factors)
+            configs = [dict(zip(names, combo)) for combo in
+                       itertools.product(*(factors[n] for n in names))]
+        else:
+            configs = [{n: c.get(n, TRICKS.get(n).default) for n in factors} for c in configs]
+        if not configs:
+            wanted = ", ".join(f"{k}={v}" for k, v in trick_overrides.items())
+            raise UserError(f"no config of study '{self.name}' has {wanted}")
+        return factors, [{**fixed, **c} for c in configs], fixed
+
+
+def list_studies() -> list[str]:
+    """Return the names of the study files in ``studies/``."""
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+
+
+def load_study(name: str) -> StudySpec:
+    """Load and check ``studies/NAME.yaml`` (or a path to a YAML file)."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        path = STUDIES_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise unknown_choice("study", name, list_studies())
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"cannot parse study file {path}: {str(exc).splitlines()[0]}") from None
+    return parse_study(path.stem, raw, str(path))
+
+
+def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
+    """Check a study's raw mapping and build its StudySpec."""
+    load_tricks()
+    where = f"study '{name}'"
+    for key in raw:
+        if key not in _KEYS:
+            raise unknown_choice(f"key in {where}", key, _KEYS)
+    kind = raw.get("kind", "grid")
+    if kind not in KINDS:
+        raise unknown_choice(f"kind in {where}", kind, KINDS)
+    factors = {}
+    for trick_name, options in (raw.get("factors") or {}).items():
+        trick = TRICKS.get(trick_name)
+        if not isinstance(options, list) or not options:
+            raise UserError(f"{where}: factor '{trick_name}' needs a list of options")
+        factors[trick_name] = [trick.option(o) for o in options]
+    configs = raw.get("configs")
+    if configs is not None:
+        if not isinstance(configs, list) or not configs:
+            raise UserError(f"{where}: configs must be a non-empty list of {{trick: option}}")
+        configs = [{t: TRICKS.get(t).option(o) for t, o in (c or {}).items()} for c in configs]
+        for config in configs:
+            for trick_name in config:
+                factors.setdefault(trick_name, [])
+        for trick_name in factors:
+            options = {c.get(trick_name, TRICKS.get(trick_name).default) for c in configs}
+            ordered = [o for o in TRICKS.get(trick_name).options if o in options]
+            factors[trick_name] = ordered
+    if not factors and kind == "grid":
+        raise UserError(f"{where}: a grid needs factors or configs")
+    objective = raw.get("objective", "val_acc")
+    if objective not in OBJECTIVES:
+        raise unknown_choice(f"objective in {where}", objective, OBJECTIVES)
+    pruner = raw.get("pruner", "median")
+    if pruner not in PRUNERS:
+        raise unknown_choice(f"pruner in {where}", pruner, PRUNERS)
+    search = {}
+    for key, spec in (raw.get("search") or {}).items():
+        try:
+            search[key] = SearchRange(float(spec["low"]), float(spec["high"]),
+                                      bool(spec.get("log", False)))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: search.{key} needs low, high and optionally log") from None
+    budgets = raw.get("budgets") or {}
+    for budget, section in budgets.items():
+        if budget not in ("smoke", "cpu", "full"):
+            raise unknown_choice(f"budget in {where}", budget, ("smoke", "cpu", "full"))
+        for key in section or {}:
+            if key not in _BUDGET_KEYS:
+                raise unknown_choice(f"key in {where} budgets.{budget}", key, _BUDGET_KEYS)
+    return StudySpec(
+        name=name, kind=kind, factors=factors, configs=configs,
+        description=str(raw.get("description", "")), seeds=list(raw.get("seeds", [0])),
+        objective=objective, n_trials=raw.get("n_trials"), pruner=pruner, search=search,
+        recipe=dict(raw.get("recipe") or {}),
+        budgets={k: dict(v or {}) for k, v in budgets.items()}, path=path,
+    )
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: (_merge(v, {}) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

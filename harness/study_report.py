@@ -1,0 +1,50 @@
+"""The end of a study: read its runs back from MLflow, write the report, print the verdict."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from harness.config import RunConfig
+from harness.study import StudyOutcome
+
+log = logging.getLogger(__name__)
+
+
+def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
+    """Write the ablation report of ``outcome``'s parent run, log it there, and print it.
+
+    The numbers come from MLflow, not from memory, so the report of a resumed study covers
+    every trial, including those of earlier invocations.
+
+    Returns:
+        The folder the CSVs were written to, or None when no trial has finished yet.
+    """
+    from harness.errors import UserError
+    from harness.report import format_verdict, load_runs, pareto_verdict
+    from harness.report_writer import log_report_to_mlflow, write_report
+
+    tracking_uri = outcome_tracking_uri(cfg)
+    try:
+        runs, meta = load_runs(tracking_uri, cfg.study.name, cfg.budget,
+                               parent_run_id=outcome.parent_run_id)
+    except UserError as exc:  # e.g. every trial crashed: the study itself still ran
+        print(f"no report: {exc}")
+        return None
+    out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
+    paths = write_report(runs, meta, out_dir)
+    log_report_to_mlflow(paths, outcome.parent_run_id, tracking_uri)
+    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"])
+    print()
+    print(format_verdict(verdict))
+    print(f"\nreport: {out_dir}/ ({', '.join(p.name for p in paths.values())}), also logged "
+          f"to the parent run {outcome.parent_run_id} in MLflow experiment "
+          f"'{outcome.experiment}'")
+    return out_dir
+
+
+def outcome_tracking_uri(cfg: RunConfig) -> str:
+    """Return the tracking URI as the tracker resolved it (absolute for SQLite)."""
+    from harness.tracking import check_tracking_uri
+
+    return check_tracking_uri(cfg.tracking_uri)

@@ -1,0 +1,199 @@
+"""MLflow: one parent run per study, one child run per trial, with everything behind a number.
+
+The default store is embedded: SQLite at ``mlruns/mlflow.db`` with artifacts under ``mlruns/``.
+``tracking_uri=http://HOST:PORT`` switches to a tracking server. Statuses end as FINISHED, FAILED
+(diverged or crashed, with the reason in a tag) or KILLED (pruned or interrupted); a run that a
+killed process left RUNNING is closed as KILLED when the study resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from harness.errors import UserError
+
+# MLflow's client retries an unreachable server for minutes; a person wants to know at once.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+# Schema set-up chatter that MLflow logs at INFO on every new SQLite store.
+for _noisy in ("alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+_BATCH = 100  # MLflow's limit of params (and a sane chunk of metrics) per log_batch call
+
+
+def metric_name(text: str) -> str:
+    """Return ``text`` with characters MLflow refuses in metric names replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
+def check_tracking_uri(uri: str) -> str:
+    """Return a usable tracking URI, or raise a UserError that says what is wrong with it.
+
+    Embedded SQLite paths are made absolute, so a run started from another folder still finds
+    the same store.
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.parent.exists():
+            if path.parent.resolve() == Path("mlruns").resolve():
+                path.parent.mkdir(parents=True)
+            else:
+                raise UserError(f"tracking_uri '{uri}': folder '{path.parent}' does not exist")
+        return f"sqlite:///{path.resolve()}"
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"cannot reach the MLflow server at '{uri}': {reason}") from None
+        return uri
+    if uri.startswith(("postgresql://", "postgresql+", "mysql://", "mysql+", "mssql")):
+        return uri
+    if uri.startswith("file:") or "://" not in uri:
+        raise UserError(f"tracking_uri '{uri}' is a plain file store, which MLflow no longer "
+                        f"supports; use sqlite:///PATH.db or http://HOST:PORT")
+    raise UserError(f"unsupported tracking_uri '{uri}'; use sqlite:///PATH.db, "
+                    f"http(s)://HOST:PORT or a postgresql:// database URL")
+
+
+class Tracker:
+    """Writes a study's runs to one MLflow store.
+
+    Args:
+        tracking_uri: Where the runs go; checked with :func:`check_tracking_uri`.
+    """
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.uri = check_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.uri)
+
+    def experiment(self, name: str) -> str:
+        """Return the id of experiment ``name``, creating it (artifacts beside the DB)."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            location = (db.parent / "artifacts" / name).as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def parent_run(self, experiment_id: str, study_key: str, name: str,
+                   tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        """Return the study's parent run, reopened if a previous invocation created it."""
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`harness.study_key` = '{study_key}' "
+                          f"and tags.`harness.role` = 'parent'",
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            experiment_id, run_name=name,
+            tags={**tags, "harness.role": "parent", "harness.study_key": study_key},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_trial(self, experiment_id: str, parent_id: str, name: str,
+                    tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        """Create a child run under ``parent_id`` with its tags and params; return its id."""
+        run = self.client.create_run(
+            experiment_id, run_name=name,
+            tags={**tags, "mlflow.parentRunId": parent_id, "harness.role": "trial"},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params in batches; values become strings, as MLflow stores them."""
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[start:start + _BATCH])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log a dict of metrics at one step in as few calls as possible."""
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()
+                 if v is not None]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, metrics=items[start:start + _BATCH])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set several tags at once."""
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            self.client.log_batch(run_id, tags=items)
+
+    def log_figure(self, run_id: str, figure: plt.Figure, artifact_file: str) -> None:
+        """Log a matplotlib figure as a PNG artifact and free it."""
+        self.client.log_figure(run_id, figure, artifact_file)
+        plt.close(figure)
+
+    def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+        """Log one local file as an artifact."""
+        self.client.log_artifact(run_id, str(path), artifact_dir)
+
+    def log_json(self, run_id: str, value: Any, artifact_file: str) -> None:
+        """Log a JSON-able value as an artifact file."""
+        self.client.log_dict(run_id, value, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Log text as an artifact file."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def end(self, run_id: str, status: str) -> None:
+        """Close a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    def status(self, run_id: str) -> str:
+        """Return a run's status name, e.g. ``RUNNING``."""
+        return RunStatus.to_string(RunStatus.from_string(
+            self.client.get_run(run_id).info.status))
+
+    def close_if_running(self, run_ids: Iterable[str], reason: str) -> int:
+        """Mark runs still RUNNING as KILLED with ``reason``; return how many were closed."""
+        closed = 0
+        for run_id in run_ids:
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.set_tags(run_id, {"harness.failure": "interrupted",
+                                           "harness.failure_reason": reason})
+                    self.end(run_id, "KILLED")
+                    closed += 1
+            except Exception:  # noqa: BLE001 - a run deleted by hand is nothing to repair
+                continue
+        return closed
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
+    return text[:6000]  # MLflow's limit on a param value
+
+
+def temporary_dir() -> tempfile.TemporaryDirectory:
+    """Return a temporary folder for artifacts that are written before they are logged."""
+    return tempfile.TemporaryDirectory(prefix="harness-")

@@ -1,0 +1,56 @@
+"""What a finished (or diverged) trial leaves in MLflow: final metrics, figures, checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from harness.checkpoint import save_checkpoint
+from harness.data import PreparedData
+from harness.evaluate import Evaluation, predict
+from harness.figures import confusion_figure, per_class_figure, predictions_figure
+from harness.recipe import Recipe
+from harness.tracking import Tracker, temporary_dir
+from harness.train import TrainResult
+
+PREVIEW_IMAGES = 32  # test images shown with their predictions, like the seed's show_image
+
+
+def final_metrics(result: TrainResult, test: Evaluation) -> dict[str, float]:
+    """Return the run's summary metrics: test scores, per-class accuracy and cost."""
+    metrics = {
+        "test_acc": test.accuracy,
+        "test_loss": test.loss,
+        "train_seconds": result.train_seconds,
+        "epochs_completed": float(result.epochs_completed),
+        "images_per_sec_mean": result.images_per_second,
+    }
+    for name, accuracy in test.per_class_accuracy.items():
+        if not math.isnan(accuracy):
+            metrics[f"test_acc_{name}"] = accuracy
+    if result.history:
+        last = result.history[-1]
+        for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
+            if key in last:
+                metrics[f"final_{key}"] = last[key]
+    return metrics
+
+
+def log_trial_outcome(tracker: Tracker, run_id: str, recipe: Recipe, data: PreparedData,
+                      result: TrainResult, test: Evaluation) -> None:
+    """Log final metrics, the three figures and the checkpoint of one trial."""
+    tracker.log_metrics(run_id, final_metrics(result, test), step=result.epochs_completed)
+    tracker.log_figure(run_id, confusion_figure(test), "figures/confusion_matrix.png")
+    tracker.log_figure(run_id, per_class_figure(test), "figures/per_class_accuracy.png")
+    images = data.test_x[:PREVIEW_IMAGES]
+    labels = data.test_y[:PREVIEW_IMAGES]
+    predicted = predict(result.model, images, PREVIEW_IMAGES, result.placement.autocast_dtype,
+                        result.placement.memory_format).argmax(dim=1)
+    tracker.log_figure(run_id, predictions_figure(images.cpu(), labels.cpu(), predicted.cpu(),
+                                                  data.classes, data.mean, data.std),
+                       "figures/test_predictions.png")
+    with temporary_dir() as folder:
+        path = save_checkpoint(Path(folder) / "checkpoint.pt", result.model, recipe,
+                               data.classes, data.in_channels, data.image_size, data.mean,
+                               data.std, data.digest)
+        tracker.log_file(run_id, path, "checkpoint")

@@ -1,0 +1,461 @@
+"""Report tables, effects, interactions and the 80/20 verdict on runs with known answers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import report
+from harness.report_figures import cost_accuracy_chart, pareto_chart, pareto_frontier
+from harness.report_writer import REPORT_FILES, write_report
+
+FACTORS = {"a": ["off", "on"], "b": ["off", "on"], "c": ["off", "on"]}
+DEFAULTS = {trick: options[0] for trick, options in FACTORS.items()}
+SEEDS = (0, 1, 2)
+CLASSES = ("cat", "dog")
+
+
+def accuracy(a: bool, b: bool, c: bool, seed: int) -> float:
+    """Test accuracy in percent; the seed term cancels in every matched pair."""
+    return 50 + 10 * a + 4 * b + 1 * c + 2 * (a and b) + 0.5 * seed
+
+
+def seconds(a: bool, b: bool, c: bool) -> float:
+    return 100.0 + 50.0 * a + 10.0 * b
+
+
+def make_runs(factors=FACTORS, value=None) -> pd.DataFrame:
+    """One finished run per (config, seed) of the full grid of ``factors``."""
+    rows = []
+    for index, combination in enumerate(itertools.product(*factors.values(), SEEDS)):
+        *options, seed = combination
+        toggles = dict(zip(factors, options))
+        on = [option != factors[trick][0] for trick, option in toggles.items()]
+        on += [False] * (3 - len(on))
+        acc = accuracy(*on, seed) if value is None else value(toggles, seed)
+        rows.append(
+            {
+                "run_id": f"run{index}",
+                "status": "FINISHED",
+                "failure": None,
+                "seed": seed,
+                **toggles,
+                "test_acc": acc,
+                "val_acc": acc - 1.0,
+                "test_loss": 1.0 - acc / 100,
+                "test_acc_cat": acc + 2.0,
+                "test_acc_dog": acc - 2.0,
+                "train_seconds": seconds(*on[:3]),
+                "epochs_completed": 3,
+                "device": "cpu",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def runs() -> pd.DataFrame:
+    return make_runs()
+
+
+def effect(effects: pd.DataFrame, trick: str) -> pd.Series:
+    return effects.set_index("trick").loc[trick]
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "df, expected", [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (29, 2.0452296)]
+)
+def test_student_t_quantile_matches_tables(df, expected):
+    assert report.student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
+    assert report.student_t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-6)
+
+
+def test_student_t_quantile_matches_scipy_when_installed():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 3, 7, 15, 60, 500):
+        for p in (0.9, 0.975, 0.995):
+            assert report.student_t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+
+
+def test_mean_ci95_is_a_t_interval():
+    values = [1.0, 2.0, 4.0]
+    mean, low, high, n = report.mean_ci95(values)
+    half = 4.3026527 * np.std(values, ddof=1) / math.sqrt(3)
+    assert (mean, n) == (pytest.approx(7 / 3), 3)
+    assert (low, high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
+    assert math.isnan(report.mean_ci95([5.0])[1])
+    assert report.mean_ci95([])[3] == 0
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+def test_config_table_columns_are_stable(runs):
+    table = report.config_table(runs, FACTORS)
+    assert list(table.columns) == [
+        "a",
+        "b",
+        "c",
+        "seeds",
+        "n_seeds",
+        "test_acc_mean",
+        "test_acc_std",
+        "val_acc_mean",
+        "test_loss_mean",
+        "test_acc_cat_mean",
+        "test_acc_dog_mean",
+        "train_seconds_mean",
+        "epochs_mean",
+        "device",
+        "n_failed",
+        "failed",
+        "n_excluded",
+        "run_ids",
+    ]
+    assert list(table.columns) == report.config_columns(FACTORS, CLASSES)
+
+
+def test_config_table_means_and_stds_over_seeds(runs):
+    table = report.config_table(runs, FACTORS)
+    assert len(table) == 8
+    assert list(table.iloc[0][["a", "b", "c"]]) == ["off", "off", "off"]  # grid order
+    assert list(table.iloc[-1][["a", "b", "c"]]) == ["on", "on", "on"]
+    best = table.iloc[-1]
+    assert best["test_acc_mean"] == pytest.approx(50 + 10 + 4 + 1 + 2 + 0.5)
+    assert best["test_acc_std"] == pytest.approx(0.5)  # seeds 0, 1, 2 → 0, 0.5, 1.0 added
+    assert best["test_acc_cat_mean"] == pytest.approx(best["test_acc_mean"] + 2)
+    assert best["train_seconds_mean"] == pytest.approx(160.0)
+    assert (best["seeds"], best["n_seeds"], best["device"]) == ("0;1;2", 3, "cpu")
+    assert best["run_ids"].count(";") == 2
+    assert table["n_failed"].sum() == 0 and not table["failed"].any()
+
+
+def test_config_table_std_is_nan_for_one_seed(runs):
+    table = report.config_table(runs[runs["seed"] == 0], FACTORS)
+    assert table["n_seeds"].eq(1).all() and table["test_acc_std"].isna().all()
+
+
+def test_effect_and_interaction_columns_are_stable(runs):
+    assert list(report.main_effects(runs, FACTORS, DEFAULTS).columns) == [
+        "trick",
+        "option",
+        "baseline_option",
+        "effect_mean",
+        "ci95_low",
+        "ci95_high",
+        "cost_delta_seconds",
+        "cost_ratio",
+        "n_pairs",
+    ]
+    assert list(report.interactions(runs, FACTORS, DEFAULTS).columns) == [
+        "trick_a",
+        "option_a",
+        "trick_b",
+        "option_b",
+        "interaction_mean",
+        "ci95_low",
+        "ci95_high",
+        "n",
+    ]
+
+
+# --- effects ------------------------------------------------------------------------------
+
+
+def test_main_effects_average_over_the_other_factors(runs):
+    effects = report.main_effects(runs, FACTORS, DEFAULTS)
+    assert list(effects["trick"]) == ["a", "b", "c"]
+    assert list(effects["baseline_option"]) == ["off", "off", "off"]
+    # a: +10, plus the a∧b bonus of 2 in the half of the pairs where b is on.
+    assert effect(effects, "a")["effect_mean"] == pytest.approx(11.0)
+    assert effect(effects, "b")["effect_mean"] == pytest.approx(5.0)
+    assert effect(effects, "c")["effect_mean"] == pytest.approx(1.0)
+    assert effects["n_pairs"].tolist() == [12, 12, 12]  # 2 × 2 other configs × 3 seeds
+    for row in effects.itertuples():
+        assert row.ci95_low <= row.effect_mean <= row.ci95_high
+    assert effect(effects, "a")["cost_delta_seconds"] == pytest.approx(50.0)
+    assert effect(effects, "a")["cost_ratio"] == pytest.approx(155.0 / 105.0)
+    assert effect(effects, "c")["cost_ratio"] == pytest.approx(1.0)
+
+
+def test_interactions_isolate_the_a_b_bonus(runs):
+    pairs = report.interactions(runs, FACTORS, DEFAULTS).set_index(["trick_a", "trick_b"])
+    assert pairs.loc[("a", "b"), "interaction_mean"] == pytest.approx(2.0)
+    assert pairs.loc[("a", "c"), "interaction_mean"] == pytest.approx(0.0)
+    assert pairs.loc[("b", "c"), "interaction_mean"] == pytest.approx(0.0)
+    assert pairs["n"].tolist() == [6, 6, 6]  # 2 configs of the third trick × 3 seeds
+
+
+def test_ci_widens_with_seed_noise_that_does_not_cancel():
+    noisy = make_runs(value=lambda t, seed: 60 + 3 * (t["a"] == "on") * (1 + 0.1 * seed))
+    row = effect(report.main_effects(noisy, FACTORS, DEFAULTS), "a")
+    differences = np.tile([3.0, 3.3, 3.6], 4)
+    half = report.student_t_quantile(0.975, 11) * differences.std(ddof=1) / math.sqrt(12)
+    assert row["effect_mean"] == pytest.approx(3.3)
+    assert row["ci95_low"] == pytest.approx(3.3 - half)
+    assert row["ci95_high"] == pytest.approx(3.3 + half)
+
+
+def test_options_beyond_two_each_get_an_effect():
+    factors = {"optimizer": ["sgd", "adam", "lamb"], "stem": ["none", "deep"]}
+    gains = {"sgd": 0.0, "adam": 3.0, "lamb": -1.0}
+    data = make_runs(factors, lambda t, seed: 70 + gains[t["optimizer"]] + seed)
+    effects = report.main_effects(data, factors, {"optimizer": "sgd", "stem": "none"})
+    assert list(zip(effects["trick"], effects["option"])) == [
+        ("optimizer", "adam"),
+        ("optimizer", "lamb"),
+        ("stem", "deep"),
+    ]
+    assert effects["effect_mean"].tolist() == pytest.approx([3.0, -1.0, 0.0])
+    assert len(report.interactions(data, factors, {"optimizer": "sgd", "stem": "none"})) == 2
+
+
+# --- partial grids and failures -----------------------------------------------------------
+
+
+def test_partial_grid_lists_missing_configs_and_uses_remaining_pairs(runs):
+    gone = (runs["a"] == "on") & (runs["b"] == "on") & (runs["c"] == "on")
+    partial = runs[~gone & ~((runs["a"] == "on") & (runs["b"] == "off") & (runs["seed"] == 2))]
+    assert report.missing_configs(partial, FACTORS) == [{"a": "on", "b": "on", "c": "on"}]
+    effects = report.main_effects(partial, FACTORS, DEFAULTS)
+    # a: pairs over (b, c, seed) minus the 3 of (b=on, c=on) and the 2 of (b=off, seed=2).
+    assert effect(effects, "a")["n_pairs"] == 12 - 3 - 2
+    expected_a = (10 * 4 + 12 * 3) / 7  # 4 pairs with b off (+10), 3 with b on (+12)
+    assert effect(effects, "a")["effect_mean"] == pytest.approx(expected_a)
+    assert effect(effects, "c")["effect_mean"] == pytest.approx(1.0)
+    verdict = report.pareto_verdict(partial, FACTORS, DEFAULTS)
+    assert verdict.missing == [{"a": "on", "b": "on", "c": "on"}]
+    assert "1 grid config(s) have no result: a=on, b=on, c=on" in report.format_verdict(verdict)
+
+
+def test_crashed_runs_are_excluded_and_counted(runs):
+    crashed = runs.copy()
+    mask = (crashed["a"] == "on") & (crashed["b"] == "on") & (crashed["c"] == "on")
+    crashed.loc[mask, "status"] = "FAILED"
+    crashed.loc[mask, "failure"] = "crashed"
+    assert report.missing_configs(crashed, FACTORS) == [{"a": "on", "b": "on", "c": "on"}]
+    table = report.config_table(crashed, FACTORS)
+    assert len(table) == 7
+    assert "3 run(s) crashed" in report.format_verdict(
+        report.pareto_verdict(crashed, FACTORS, DEFAULTS)
+    )
+
+
+def test_diverged_run_counts_at_chance_level_and_is_marked(runs):
+    diverged = runs.copy()
+    index = diverged.index[
+        (diverged["a"] == "on")
+        & (diverged["b"] == "off")
+        & (diverged["c"] == "off")
+        & (diverged["seed"] == 1)
+    ]
+    diverged.loc[index, ["status", "failure", "test_acc"]] = ["FAILED", "diverged", np.nan]
+    table = report.config_table(diverged, FACTORS).set_index(["a", "b", "c"])
+    row = table.loc[("on", "off", "off")]
+    assert (row["n_failed"], row["failed"], row["n_seeds"]) == (1, True, 3)
+    chance = 100 / len(CLASSES)
+    assert row["test_acc_mean"] == pytest.approx((60.0 + chance + 61.0) / 3)
+    assert table["n_failed"].sum() == 1
+    assert report.missing_configs(diverged, FACTORS) == []
+
+
+def test_diverged_run_keeps_its_logged_accuracy(runs):
+    diverged = runs.copy()
+    diverged.loc[0, ["status", "failure", "test_acc"]] = ["FAILED", "diverged", 10.0]
+    row = report.config_table(diverged, FACTORS).iloc[0]
+    assert row["test_acc_mean"] == pytest.approx((10.0 + 50.5 + 51.0) / 3)
+
+
+# --- the verdict --------------------------------------------------------------------------
+
+
+def test_pareto_verdict_on_the_factorial(runs):
+    verdict = report.pareto_verdict(runs, FACTORS, DEFAULTS)
+    assert list(verdict.table.columns) == list(report.VERDICT_COLUMNS)
+    assert list(verdict.table["trick"]) == ["a", "b", "c"]
+    assert verdict.baseline_acc == pytest.approx(50.5)
+    assert verdict.best_acc == pytest.approx(67.5)
+    assert verdict.best_config == {"a": "on", "b": "on", "c": "on"}
+    assert verdict.total_gain == pytest.approx(17.0)
+    # a alone measured +10 (59%), a+b measured +16 (94%) ≥ 80%.
+    assert verdict.table["cumulative_gain"].tolist() == pytest.approx([10.0, 16.0, 17.0])
+    assert verdict.chosen == [("a", "on"), ("b", "on")]
+    assert verdict.chosen_share == pytest.approx(16 / 17)
+    assert (verdict.chosen_seconds, verdict.best_seconds) == (160.0, 160.0)
+    assert verdict.baseline_seconds == 100.0
+    assert verdict.cost_share == pytest.approx(1.0)
+    assert not verdict.table["estimated"].any()
+    text = report.format_verdict(verdict)
+    assert "2 tricks (a=on, b=on) give 94% of the +17.0-point gain" in text
+
+
+def test_pareto_verdict_known_answer_with_costs_and_estimates():
+    """Four tricks; the cheap one gives most of the gain, the rest add little at a big cost."""
+    factors = {name: ["off", "on"] for name in ("optimizer", "stem", "init", "depth")}
+    defaults = {name: "off" for name in factors}
+    gain = {"optimizer": 8.0, "stem": 3.0, "init": 1.0, "depth": -0.5}
+    cost = {"optimizer": 0.0, "stem": 20.0, "init": 30.0, "depth": 100.0}
+    rows = []
+    for index, options in enumerate(itertools.product(["off", "on"], repeat=4)):
+        toggles = dict(zip(factors, options))
+        if toggles["optimizer"] == "on" and toggles["stem"] == "on" and toggles["init"] == "off":
+            continue  # the top-2 config is not measured: its gain must be estimated
+        on = [name for name, option in toggles.items() if option == "on"]
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "run_id": f"r{index}-{seed}",
+                    "status": "FINISHED",
+                    "failure": None,
+                    "seed": seed,
+                    **toggles,
+                    "test_acc": 60 + sum(gain[n] for n in on) + seed,
+                    "train_seconds": 100 + sum(cost[n] for n in on),
+                    "device": "cpu",
+                }
+            )
+    verdict = report.pareto_verdict(pd.DataFrame(rows), factors, defaults)
+    table = verdict.table
+    assert list(table["trick"]) == ["optimizer", "stem", "init", "depth"]
+    assert table["effect_mean"].tolist() == pytest.approx([8.0, 3.0, 1.0, -0.5])
+    assert table["estimated"].tolist() == [False, True, False, False]
+    assert table["cumulative_gain"].tolist() == pytest.approx([8.0, 11.0, 12.0, 11.5])
+    assert verdict.total_gain == pytest.approx(12.0)  # best: optimizer, stem and init on
+    assert verdict.best_seconds == pytest.approx(150.0)
+    # optimizer alone: 8 / 12 = 67% < 80%; with stem (estimated 8 + 3): 11 / 12 = 92%.
+    assert verdict.chosen == [("optimizer", "on"), ("stem", "on")]
+    assert verdict.chosen_share == pytest.approx(11 / 12)
+    assert verdict.chosen_estimated
+    assert verdict.chosen_seconds == pytest.approx(120.0)  # baseline 100 s + 0 s + 20 s
+    assert verdict.cost_share == pytest.approx(0.8)
+    text = report.format_verdict(verdict)
+    assert "2 tricks (optimizer=on, stem=on) give 92% (estimated from main effects)" in text
+    assert "at 80% of the best config's training time" in text
+
+
+def test_pareto_verdict_degenerate_no_gain():
+    factors = {"stem": ["none", "deep"], "init": ["default", "xavier"]}
+    defaults = {"stem": "none", "init": "default"}
+    data = make_runs(
+        factors, lambda t, seed: 70 - 2 * (t["stem"] == "deep") - (t["init"] != "default") + seed
+    )
+    verdict = report.pareto_verdict(data, factors, defaults)
+    assert verdict.total_gain == 0 and verdict.chosen == []
+    assert verdict.best_config == defaults
+    assert math.isnan(verdict.chosen_share)
+    assert (verdict.table["effect_mean"] < 0).all()
+    assert "No trick improves on the baseline" in report.format_verdict(verdict)
+
+
+def test_pareto_verdict_single_factor_and_missing_baseline():
+    factors = {"stem": ["none", "deep"]}
+    data = make_runs(factors, lambda t, seed: 70 + 5 * (t["stem"] == "deep"))
+    verdict = report.pareto_verdict(data, factors, {"stem": "none"})
+    assert verdict.chosen == [("stem", "deep")] and verdict.chosen_share == pytest.approx(1.0)
+    assert report.interactions(data, factors, {"stem": "none"}).empty
+    no_baseline = report.pareto_verdict(data[data["stem"] == "deep"], factors, {"stem": "none"})
+    assert no_baseline.chosen == [] and math.isnan(no_baseline.total_gain)
+    assert "has no result" in report.format_verdict(no_baseline)
+
+
+def test_verdict_markdown_has_the_sentence_and_tables(runs):
+    verdict = report.pareto_verdict(runs, FACTORS, DEFAULTS)
+    effects = report.main_effects(runs, FACTORS, DEFAULTS)
+    markdown = report.verdict_markdown(verdict, effects, report.config_table(runs, FACTORS))
+    assert report.verdict_sentence(verdict) in markdown
+    assert "| trick | option | baseline_option |" in markdown
+    assert markdown.count("\n| off | off | off |") == 1
+
+
+# --- figures and files --------------------------------------------------------------------
+
+
+def test_pareto_frontier_keeps_only_undominated_configs():
+    costs = np.array([10.0, 20.0, 15.0, 30.0, 15.0])
+    accuracies = np.array([50.0, 60.0, 55.0, 58.0, 52.0])
+    assert pareto_frontier(costs, accuracies).tolist() == [0, 2, 1]
+
+
+def test_figures_are_written_as_png(runs, tmp_path):
+    verdict = report.pareto_verdict(runs, FACTORS, DEFAULTS)
+    for path in (
+        pareto_chart(verdict, tmp_path / "pareto.png"),
+        cost_accuracy_chart(report.config_table(runs, FACTORS), tmp_path / "cost.png", DEFAULTS),
+    ):
+        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 1000
+
+
+def test_figures_survive_empty_tables(tmp_path):
+    empty = make_runs().iloc[0:0]
+    verdict = report.pareto_verdict(empty, FACTORS, DEFAULTS)
+    assert pareto_chart(verdict, tmp_path / "p.png").stat().st_size > 0
+    assert cost_accuracy_chart(report.config_table(empty, FACTORS), tmp_path / "c.png").exists()
+
+
+def test_write_report_writes_every_file_and_no_temporaries(runs, tmp_path):
+    meta = {"factors": FACTORS, "defaults": DEFAULTS, "kind": "grid"}
+    paths = write_report(runs, meta, tmp_path / "out")
+    assert set(paths) == set(REPORT_FILES) - {"importances"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in paths.values()
+    )
+    assert len(pd.read_csv(paths["interactions"])) == 3
+    one_trick = write_report(
+        make_runs({"a": ["off", "on"]}),
+        {"factors": {"a": ["off", "on"]}, "defaults": {"a": "off"}},
+        tmp_path / "single",
+    )
+    assert list(pd.read_csv(one_trick["interactions"]).columns) == list(report.INTERACTION_COLUMNS)
+    assert pd.read_csv(one_trick["interactions"]).empty
+
+
+def _optuna_journal(tmp_path, n_trials: int) -> str:
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = str(tmp_path / "study.journal")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    study = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+
+    def objective(trial):
+        stem = trial.suggest_categorical("stem", ["none", "deep"])
+        lr_factor = trial.suggest_float("lr_factor", 0.1, 10.0, log=True)
+        return 60 + 5 * (stem == "deep") + 0.01 * lr_factor
+
+    study.optimize(objective, n_trials=n_trials)
+    return path
+
+
+def test_optuna_importances_from_a_journal_file(tmp_path):
+    path = _optuna_journal(tmp_path, n_trials=8)
+    importances = report.optuna_importances(path, "search")
+    assert list(importances.columns) == list(report.IMPORTANCE_COLUMNS)
+    assert set(importances["param"]) == {"stem", "lr_factor"}
+    assert importances["importance"].sum() == pytest.approx(1.0)
+    assert report.optuna_importances(path, "no-such-study") is None
+    assert report.optuna_importances(str(tmp_path / "absent.journal"), "search") is None
+
+
+def test_optuna_importances_need_two_completed_trials(tmp_path):
+    assert report.optuna_importances(_optuna_journal(tmp_path, n_trials=1), "search") is None
+
+
+def test_write_report_adds_importances_for_an_optuna_search(tmp_path):
+    path = _optuna_journal(tmp_path, n_trials=6)
+    factors = {"stem": ["none", "deep"]}
+    meta = {
+        "factors": factors,
+        "defaults": {"stem": "none"},
+        "kind": "optuna",
+        "optuna_storage": path,
+        "optuna_study_name": "search",
+    }
+    paths = write_report(make_runs(factors), meta, tmp_path / "out")
+    assert set(pd.read_csv(paths["importances"])["param"]) == {"stem", "lr_factor"}
+    assert pd.read_csv(paths["interactions"]).empty  # not a factorial grid
