@@ -52,6 +52,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning"
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db \
 		--host 127.0.0.1 --port $(PORT) --workers 1
 

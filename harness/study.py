@@ -29,7 +29,7 @@ from harness.data import PreparedData, prepare_data
 from harness.errors import UserError
 from harness.evaluate import Evaluation, evaluate
 from harness.recipe import Recipe
-from harness.tracking import Tracker
+from harness.tracking import Tracker, check_tracking_uri
 from harness.train import device_name, fit, resolve_device
 from harness.trial_logging import log_trial_outcome
 from harness.tricks import TRICKS, apply_toggles
@@ -75,6 +75,15 @@ def config_label(toggles: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in toggles.items()) or "baseline"
 
 
+def run_name(toggles: dict[str, str], seed: int) -> str:
+    """Return a short MLflow run name: the non-default toggles, e.g. ``stem=deep+init=xavier s0``.
+
+    The full toggles are params; the name only has to tell runs apart in the UI's narrow column.
+    """
+    changed = [f"{k}={v}" for k, v in toggles.items() if v != TRICKS.get(k).default]
+    return f"{'+'.join(changed) or 'baseline'} s{seed}"
+
+
 def study_key(cfg: RunConfig) -> str:
     """Return a short hash of everything that defines the study's trials.
 
@@ -90,6 +99,21 @@ def study_key(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def check_storage(url: str | None) -> None:
+    """Raise a UserError for a storage setting that cannot work, without opening anything."""
+    if url is None or url.startswith(_RDB_PREFIXES):
+        return
+    if "://" in url:
+        raise UserError(f"unsupported storage '{url}'; use a journal file path (.journal), "
+                        f"sqlite:///PATH.db or postgresql://USER@HOST/DB")
+    folder = Path(url.removeprefix("journal:")).parent
+    if not folder.is_dir():
+        raise UserError(f"storage '{url}': folder '{folder}' does not exist")
+
+
+_RDB_PREFIXES = ("sqlite:///", "postgresql", "mysql")
+
+
 def open_storage(url: str | None, study_name: str) -> tuple[optuna.storages.BaseStorage, str]:
     """Open the Optuna storage: a journal file by default, or any Optuna storage URL.
 
@@ -100,7 +124,8 @@ def open_storage(url: str | None, study_name: str) -> tuple[optuna.storages.Base
         path = Path("mlruns") / "optuna" / f"{study_name}.journal"
         path.parent.mkdir(parents=True, exist_ok=True)
         url = str(path)
-    if url.startswith(("sqlite:///", "postgresql", "mysql")):
+    check_storage(url)
+    if url.startswith(_RDB_PREFIXES):
         try:
             storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=60, grace_period=300, failed_trial_callback=None,
@@ -110,12 +135,7 @@ def open_storage(url: str | None, study_name: str) -> tuple[optuna.storages.Base
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot open storage '{url}': {first}") from None
         return storage, url
-    if "://" in url:
-        raise UserError(f"unsupported storage '{url}'; use a journal file path (.journal), "
-                        f"sqlite:///PATH.db or postgresql://USER@HOST/DB")
     path = Path(url.removeprefix("journal:"))
-    if not path.parent.is_dir():
-        raise UserError(f"storage '{url}': folder '{path.parent}' does not exist")
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend), str(path)
 
@@ -234,11 +254,11 @@ class StudyRunner:
         self.cfg = cfg
         self.announce = announce
         self.device = resolve_device(cfg.device)
-        self.tracker = Tracker(cfg.tracking_uri)
+        check_tracking_uri(cfg.tracking_uri)  # both URLs are checked before anything is written
+        check_storage(cfg.storage)
         self.key = study_key(cfg)
         self.name = f"{cfg.study.name}-{cfg.budget}"
         self.labels = {config_label(c): c for c in cfg.configs}
-        self.storage, self.storage_text = open_storage(cfg.storage, cfg.study.name)
         self.outcome: StudyOutcome | None = None
         self._data_cache: dict[Any, PreparedData] = {}
 
@@ -255,6 +275,8 @@ class StudyRunner:
         cfg = self.cfg
         # Load the data before anything is written, so a bad data path fails cleanly.
         base_data = self.data(cfg.recipe)
+        self.storage, self.storage_text = open_storage(cfg.storage, cfg.study.name)
+        self.tracker = Tracker(cfg.tracking_uri)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
             study_name=f"{self.name}-{self.key}", storage=self.storage,
@@ -266,9 +288,16 @@ class StudyRunner:
             experiment_id, self.key, f"{self.name}",
             tags=self._parent_tags(study, base_data),
             params={"study": cfg.study.name, "budget": cfg.budget, "kind": cfg.study.kind,
-                    "seeds": list(cfg.seeds), "configs": len(cfg.configs) or cfg.n_trials,
-                    **{f"base.{k}": v for k, v in cfg.recipe.flat().items()}},
+                    "seeds": list(cfg.seeds), "configs": len(cfg.configs) or cfg.n_trials},
         )
+        # The whole study config as one file, rather than params that crowd the UI's columns.
+        self.tracker.log_json(parent, {
+            "study": cfg.study.name, "description": cfg.study.description,
+            "kind": cfg.study.kind, "budget": cfg.budget, "seeds": list(cfg.seeds),
+            "factors": cfg.factors, "fixed": cfg.fixed, "configs": list(cfg.configs),
+            "n_trials": cfg.n_trials, "objective": cfg.study.objective,
+            "base_recipe": cfg.recipe.to_dict(), "command_line": list(cfg.overrides),
+        }, "study_config.json")
         self.outcome = StudyOutcome(self.name, self.name, parent, study.study_name,
                                     self.storage_text)
         requeued = repair_and_requeue(study, self.tracker, cfg.stale_after)
@@ -377,7 +406,7 @@ class StudyRunner:
         tags.update(environment_tags())
         params = {**toggles, "seed": seed, **numeric,
                   **{k: v for k, v in recipe.flat().items() if not k.startswith("toggles.")}}
-        run_id = self.tracker.start_trial(experiment_id, parent, f"{label} seed={seed}", tags,
+        run_id = self.tracker.start_trial(experiment_id, parent, run_name(toggles, seed), tags,
                                           params)
         summary.run_id = run_id
         trial.set_user_attr("mlflow_run_id", run_id)

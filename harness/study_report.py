@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from harness.config import RunConfig
 from harness.study import StudyOutcome
+from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
     paths = write_report(runs, meta, out_dir)
     log_report_to_mlflow(paths, outcome.parent_run_id, tracking_uri)
     verdict = pareto_verdict(runs, meta["factors"], meta["defaults"])
+    # Summary numbers on the parent fill its row in the MLflow runs table.
+    summary = {"best_test_acc": verdict.best_acc, "baseline_test_acc": verdict.baseline_acc,
+               "gain_points": verdict.total_gain, "trick_set_share": verdict.chosen_share,
+               "trick_set_cost_share": verdict.cost_share}
+    Tracker(tracking_uri).log_metrics(
+        outcome.parent_run_id, {k: v for k, v in summary.items() if math.isfinite(v)})
     print()
     print(format_verdict(verdict))
     print(f"\nreport: {out_dir}/ ({', '.join(p.name for p in paths.values())}), also logged "
