@@ -10,28 +10,38 @@ For each case (a model and a batch size) this prints training images/s for
       randperm, index_select, forward, cross-entropy, backward, SGD step. A warm-up, then one timed
       pass over the same number of images.
   (c) the seed's pipeline: ``ImageFolder(<data>/train)`` with ToTensor + Normalize(0.5) and a
-      ``DataLoader(shuffle=True, num_workers=2)``, same model and batch size. The worker
-      start-up (time to the first batch) is reported separately and NOT in the images/s; the
-      warm-up batches come from the same iterator, then the same number of images is timed.
+      ``DataLoader(shuffle=True, num_workers=2)``, same model and batch size, and the seed's
+      ``running_loss += loss.item()`` every step. The worker start-up (time to the first
+      batch) is reported separately and NOT in the images/s; the warm-up batches come from the
+      same iterator, then the same number of images is timed.
 
-Measurements are interleaved (a, b, c, a, b, c, ...) because the machine is shared and noisy;
-with ``--repeats R`` the median of each column is reported and the ratios are of the medians.
+Each measurement also counts the process's minor page faults per image (``faults/img``): when
+glibc hands freed activations back to the kernel, every step faults them in again, which costs
+tens of per cent and depends on the allocator's history. ``--tune-malloc`` stops that for all
+three columns, to show what the harness would gain from doing it itself.
+
+Measurements are interleaved (a, b, c, then b, c, a, then c, a, b, ...) because the machine is
+shared and noisy; with ``--repeats R`` the median of each column is reported and the ratios are
+of the medians, and a second table gives the best of the R (a disturbance only slows a run).
 All three run with the same torch thread count and the same precision and memory layout (the
 harness's ``Placement``: fp32 on the CPU; bf16 autocast and channels_last on CUDA).
 
     python benchmarks/throughput.py --quick
-    python benchmarks/throughput.py --repeats 3 --json throughput.json
+    python benchmarks/throughput.py --json throughput.json
+    python benchmarks/throughput.py --tune-malloc
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -74,6 +84,17 @@ DEFAULT_IMAGES = {"simplecnn-b128": 12800, "simplecnn-b5": 5000, "resnet18-b256"
 QUICK_IMAGES = {"simplecnn-b128": 2560, "simplecnn-b5": 1000, "resnet18-b256": 512}
 FALLBACK_IMAGES = 2560  # for a case not in the tables above
 
+# glibc mallopt parameters (malloc.h) and the values --tune-malloc sets. By default glibc serves
+# allocations above a (self-adjusting) threshold with mmap and trims freed memory at the top of
+# the heap back to the kernel, so a training step whose activations are MiBs can fault every page
+# of them in again, every step. 32 MiB is the largest mmap threshold glibc accepts on 64-bit; a
+# 1 GiB trim threshold keeps a step's working set (a few hundred MiB for ResNet-18 w16 at batch
+# 256) resident.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 << 20
+_TRIM_THRESHOLD_BYTES = 1 << 30
+
 # Acceptance targets from the issue, measured on 2 CPU cores: (case, ratio, minimum).
 TARGETS = (
     ("simplecnn-b128", "a/b", 0.95),
@@ -100,6 +121,23 @@ class Case:
         return f"{self.arch}-w{self.width}-b{self.batch_size}"
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One timed pass: its rate and what else the process did meanwhile."""
+
+    images_per_sec: float
+    # Minor page faults of this process per image in the timed images: memory the allocator
+    # handed back to the kernel and faults in again. They cost wall time (zeroing 4 KiB pages)
+    # and depend on the allocator's history, so they explain rates that differ between repeats.
+    faults_per_image: float
+    threads: int  # torch intra-op threads while timing
+    startup_s: float = 0.0  # (c) only: from iter(loader) to the first batch, not in the rate
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 @dataclass
 class CaseResult:
     """Per-repeat figures of one case, in images/s, and the worker start-up in seconds."""
@@ -110,7 +148,19 @@ class CaseResult:
     seed: list[float] = field(default_factory=list)
     seed_startup_s: list[float] = field(default_factory=list)
     threads: dict[str, list[int]] = field(default_factory=lambda: {"a": [], "b": [], "c": []})
+    faults_per_image: dict[str, list[float]] = field(
+        default_factory=lambda: {"a": [], "b": [], "c": []})
     loadavg_1min: list[float] = field(default_factory=list)  # before each repeat
+    orders: list[str] = field(default_factory=list)  # the order a, b, c ran in, per repeat
+
+    def add(self, column: str, measured: Measurement) -> None:
+        """Record one measurement of column ``a``, ``b`` or ``c``."""
+        {"a": self.harness, "b": self.bare, "c": self.seed}[column].append(
+            measured.images_per_sec)
+        self.threads[column].append(measured.threads)
+        self.faults_per_image[column].append(measured.faults_per_image)
+        if column == "c":
+            self.seed_startup_s.append(measured.startup_s)
 
     def medians(self) -> dict[str, float]:
         """Median images/s per column and the ratios of those medians."""
@@ -143,14 +193,20 @@ def make_recipe(case: Case, spec: DataSpec, precision: str) -> Recipe:
     )
 
 
-def measure_harness(recipe: Recipe, data: PreparedData, device: torch.device,
-                    threads: list[int]) -> float:
+def measure_harness(recipe: Recipe, data: PreparedData, device: torch.device) -> Measurement:
     """(a) images/s of the second epoch of ``fit``; the first epoch is the warm-up."""
+    faults: list[int] = []  # at the end of each epoch
+    threads: list[int] = []
+    # The callback runs right after an epoch's clock stops (with val_size=0 there is no eval),
+    # so the difference of the two readings is the second epoch's faults.
     result = fit(recipe, data, device=device, progress=False,
-                 callbacks=[lambda epoch, metrics: threads.append(torch.get_num_threads())])
+                 callbacks=[lambda epoch, metrics: (faults.append(_minor_faults()),
+                                                    threads.append(torch.get_num_threads()))])
     if result.status != "finished":
         raise RuntimeError(f"harness run {result.status}: {result.reason}")
-    return result.history[-1]["images_per_sec"]
+    last = result.history[-1]
+    images = last["images_per_sec"] * last["epoch_seconds"]
+    return Measurement(last["images_per_sec"], (faults[-1] - faults[-2]) / images, threads[-1])
 
 
 def _autocast(placement: Placement) -> contextlib.AbstractContextManager:
@@ -174,7 +230,7 @@ def _fresh_model(recipe: Recipe, num_classes: int, in_channels: int,
 
 
 def measure_bare(recipe: Recipe, data: PreparedData, placement: Placement, images: int,
-                 warmup_batches: int, threads: list[int]) -> float:
+                 warmup_batches: int) -> Measurement:
     """(b) images/s of a minimal loop over the preloaded tensors, after ``warmup_batches``."""
     device = placement.device
     model = _fresh_model(recipe, data.num_classes, data.in_channels, data.image_size, placement)
@@ -202,14 +258,15 @@ def measure_bare(recipe: Recipe, data: PreparedData, placement: Placement, image
         step(order[(i * batch) % count:][:batch])
     _sync(device)
     # One epoch over ``images`` images, the last batch possibly short, as the harness's epoch.
+    faults = _minor_faults()
     started = time.perf_counter()
     order = torch.randperm(count, device=device)
     for start in range(0, images, batch):
         step(order[start : min(start + batch, images)])
     _sync(device)
     elapsed = time.perf_counter() - started
-    threads.append(torch.get_num_threads())
-    return images / elapsed
+    return Measurement(images / elapsed, (_minor_faults() - faults) / images,
+                       torch.get_num_threads())
 
 
 def seed_loader(root: Path, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
@@ -225,7 +282,7 @@ def seed_loader(root: Path, batch_size: int, workers: int) -> torch.utils.data.D
 
 
 def measure_seed(recipe: Recipe, loader: torch.utils.data.DataLoader, placement: Placement,
-                 images: int, warmup_batches: int, threads: list[int]) -> tuple[float, float]:
+                 images: int, warmup_batches: int) -> Measurement:
     """(c) images/s through the seed's DataLoader, and its worker start-up in seconds.
 
     The start-up (fork the workers, decode the first batch) is timed apart; the warm-up batches
@@ -239,6 +296,7 @@ def measure_seed(recipe: Recipe, loader: torch.utils.data.DataLoader, placement:
     model = _fresh_model(recipe, num_classes, image.shape[0], tuple(image.shape[1:]), placement)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
+    running_loss = [0.0]
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
         # On CUDA the batch is copied to the device per step, as the seed's loop does.
@@ -249,6 +307,8 @@ def measure_seed(recipe: Recipe, loader: torch.utils.data.DataLoader, placement:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        # The seed's loop reads the loss every step for its running average (a sync on CUDA).
+        running_loss[0] += loss.item()
 
     started = time.perf_counter()
     batches = iter(loader)
@@ -267,6 +327,7 @@ def measure_seed(recipe: Recipe, loader: torch.utils.data.DataLoader, placement:
     for _ in range(warmup_batches - 1):
         step(*next_batch())
     _sync(device)
+    faults = _minor_faults()  # of this process only; the workers' are their own
     started = time.perf_counter()
     seen = 0
     while seen < images:
@@ -275,9 +336,21 @@ def measure_seed(recipe: Recipe, loader: torch.utils.data.DataLoader, placement:
         seen += len(labels)
     _sync(device)
     elapsed = time.perf_counter() - started
-    threads.append(torch.get_num_threads())
+    measured = Measurement(seen / elapsed, (_minor_faults() - faults) / seen,
+                           torch.get_num_threads(), startup)
     del batches  # shuts the workers down now, not during the next measurement
-    return seen / elapsed, startup
+    return measured
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in the process (glibc only); return whether glibc took the settings."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    # mallopt returns 1 on success, 0 on a rejected value.
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+                and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
 
 
 # --- running the cases ---------------------------------------------------------------------------
@@ -331,25 +404,27 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device,
     # (a) warms up for a whole epoch instead; its per-epoch figure is all fit reports.
     warmup = max(2, math.ceil(case.images / case.batch_size / 4))
     out = CaseResult(case)
+    measure = {
+        "a": lambda: measure_harness(recipe, data, device),
+        "b": lambda: measure_bare(recipe, data, placement, case.images, warmup),
+        "c": lambda: measure_seed(recipe, loader, placement, case.images, warmup),
+    }
     for repeat in range(args.repeats):
         out.loadavg_1min.append(os.getloadavg()[0])
-        # fit sets the thread count itself (every core on the CPU); the others get the same.
-        torch.set_num_threads(args.threads)
-        out.harness.append(measure_harness(recipe, data, device, out.threads["a"]))
-        gc.collect()
-        torch.set_num_threads(args.threads)
-        out.bare.append(measure_bare(recipe, data, placement, case.images, warmup,
-                                     out.threads["b"]))
-        gc.collect()
-        torch.set_num_threads(args.threads)
-        rate, startup = measure_seed(recipe, loader, placement, case.images, warmup,
-                                     out.threads["c"])
-        out.seed.append(rate)
-        out.seed_startup_s.append(startup)
-        gc.collect()
-        log(f"  {case.name} repeat {repeat + 1}/{args.repeats}: a {out.harness[-1]:,.0f}  "
-            f"b {out.bare[-1]:,.0f}  c {out.seed[-1]:,.0f} img/s  "
-            f"(c start-up {startup:.2f} s, load {out.loadavg_1min[-1]:.2f})")
+        # Rotate the order (abc, bca, cab, ...) so no column always runs straight after the
+        # DataLoader's workers exit, or always first after the data is prepared.
+        order = "abc"[repeat % 3:] + "abc"[: repeat % 3]
+        for column in order:
+            # fit sets the thread count itself (every core on the CPU); the others get the same.
+            torch.set_num_threads(args.threads)
+            out.add(column, measure[column]())
+            gc.collect()
+        out.orders.append(order)
+        faults = "/".join(f"{out.faults_per_image[k][-1]:.0f}" for k in "abc")
+        log(f"  {case.name} repeat {repeat + 1}/{args.repeats} ({order}): "
+            f"a {out.harness[-1]:,.0f}  b {out.bare[-1]:,.0f}  c {out.seed[-1]:,.0f} img/s  "
+            f"(page faults/img a/b/c {faults}; c start-up {out.seed_startup_s[-1]:.2f} s; "
+            f"load {out.loadavg_1min[-1]:.2f})")
     return out
 
 
@@ -376,15 +451,18 @@ def machine_info(device: torch.device, threads: int) -> dict[str, object]:
 def print_table(results: list[CaseResult], repeats: int, best: bool = False) -> None:
     """One row per case: images/s of a, b, c (median, or best of the repeats), and the ratios."""
     header = (f"{'case':<20} {'images':>7} {'(a) harness':>12} {'(b) bare':>10} "
-              f"{'(c) seed DL':>12} {'a/b':>6} {'a/c':>6} {'c start-up':>11}")
+              f"{'(c) seed DL':>12} {'a/b':>6} {'a/c':>6} {'c start-up':>11} "
+              f"{'faults/img a/b/c':>17}")
     if repeats > 1:
         header += f"  {'a/b per repeat':<16}"
     print(header)
     print("-" * len(header))
     for result in results:
         m = result.best() if best else result.medians()
+        faults = "/".join(f"{statistics.median(result.faults_per_image[k]):.0f}" for k in "abc")
         row = (f"{result.case.name:<20} {result.case.images:>7} {m['a']:>12,.0f} {m['b']:>10,.0f} "
-               f"{m['c']:>12,.0f} {m['a/b']:>6.3f} {m['a/c']:>6.2f} {m['startup_s']:>9.2f} s")
+               f"{m['c']:>12,.0f} {m['a/b']:>6.3f} {m['a/c']:>6.2f} {m['startup_s']:>9.2f} s "
+               f"{faults:>17}")
         if repeats > 1:
             ratios = [a / b for a, b in zip(result.harness, result.bare)]
             row += f"  {min(ratios):.3f}-{max(ratios):.3f}"
@@ -423,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=16,
                         help="ResNet first-stage channels where a case names none (default 16)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="interleaved a,b,c repeats; medians are reported (default 3, "
+                        help="interleaved a,b,c repeats; medians are reported (default 5, "
                              "--quick 1)")
     parser.add_argument("--data", type=Path, default=Path("./data"),
                         help="data root holding train/<class>/*.jpg (default ./data)")
@@ -431,29 +509,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the harness's trainer.precision; (b) and (c) follow it "
                              "(auto: fp32 on the CPU, bf16 on CUDA)")
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="set glibc's mmap and trim thresholds first (for all three columns), "
+                             "so freed activations are reused instead of faulted in again")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else 5
     if args.repeats < 1 or (args.images is not None and args.images < 1):
         parser.error("--repeats and --images must be positive")
     if not (args.data / "train").is_dir():
         parser.error(f"no {args.data / 'train'}: the seed's pipeline (c) needs the JPEG "
                      f"ImageFolder tree; run `make data`")
 
+    try:
+        cases = [parse_case(text, args.width, args.images, args.quick)
+                 for text in args.cases.split(",") if text.strip()]
+    except UserError as error:
+        parser.error(str(error))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     device = resolve_device(args.device)
     # fit uses every core on the CPU (harness.train), so (b) and (c) are given the same count.
     args.threads = (os.cpu_count() or 1) if device.type == "cpu" else torch.get_num_threads()
     torch.set_num_threads(args.threads)
     info = machine_info(device, args.threads)
+    if args.tune_malloc:
+        info["malloc"] = "tuned" if tune_malloc() else "tuning not available (not glibc)"
+    else:
+        info["malloc"] = "default"
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     try:
-        cases = [parse_case(text, args.width, args.images, args.quick)
-                 for text in args.cases.split(",") if text.strip()]
         started = time.perf_counter()
         results = [run_case(case, args, device, log) for case in cases]
     except UserError as error:
@@ -484,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "seconds": seconds,
-            "cases": [{"case": r.case.name, **asdict(r), "medians": r.medians(),
+            "cases": [{"name": r.case.name, **asdict(r), "medians": r.medians(),
                        "best": r.best()} for r in results],
             "targets": checks,
         }

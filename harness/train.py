@@ -7,8 +7,12 @@ the loop uses bf16 autocast and channels_last; on the CPU it uses every core and
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +100,34 @@ class TrainResult:
         return self.images_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+def usable_cores() -> int:
+    """Return the cores this process may run on (affinity and cgroup masks included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process rather than return it to the kernel.
+
+    By default glibc serves allocations above its mmap threshold with fresh pages and trims the
+    heap after frees, so every step's activations page-fault in anew: measured on 2 cores, this
+    costs SimpleCNN at batch 128 up to 35% of its images/s (BENCHMARKS.md). Raising both
+    thresholds once makes the allocator reuse the memory. Returns whether it applied (glibc only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        return bool(libc.mallopt(mmap_threshold, 32 << 20)) and bool(
+            libc.mallopt(trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # musl or another libc: leave it as it is
+        return False
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global generators (model initialisation, dropout)."""
     torch.manual_seed(seed)
@@ -120,7 +152,8 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
     """
     device = resolve_device(device) if isinstance(device, str) else device
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(usable_cores())
+        keep_freed_memory()
     placement = Placement.for_recipe(recipe, device)
     seed_everything(recipe.seed)
     generator = torch.Generator(device=data.train_x.device).manual_seed(recipe.seed)
@@ -138,6 +171,10 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
     if trainer.compile and device.type == "cuda":
         forward = torch.compile(model)
 
+    channels_last = placement.memory_format == torch.channels_last
+    # A disabled torch.autocast still costs microseconds a step; fp32 runs skip it entirely.
+    autocast = (functools.partial(torch.autocast, device.type, dtype=placement.autocast_dtype)
+                if placement.autocast_dtype is not None else contextlib.nullcontext)
     result = TrainResult(model=model, placement=placement, status="finished")
     epoch_bar = tqdm(range(1, trainer.epochs + 1), desc=description, unit="epoch",
                      disable=not progress, leave=False, dynamic_ncols=True)
@@ -162,9 +199,9 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
                 break
             if recipe.augment.ops:
                 images = augment(images, recipe.augment, generator)
-            images = images.contiguous(memory_format=placement.memory_format)
-            with torch.autocast(device.type, dtype=placement.autocast_dtype or torch.bfloat16,
-                                enabled=placement.autocast_dtype is not None):
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
                 logits = forward(images)
                 loss = loss_fn(logits, labels)
             (loss / trainer.grad_accum if trainer.grad_accum > 1 else loss).backward()
