@@ -107,7 +107,8 @@ def export(argv: list[str]) -> str:
     runs, meta = load_runs(tracking_uri, args["study"], budget, parent_run_id=args["parent"])
     out_dir = Path(args["out"] or Path("exports") / f"{args['study']}-{budget}")
     paths = write_report(runs, meta, out_dir)
-    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"])
+    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"],
+                             planned=meta.get("configs"))
     others = meta["n_parents"] - 1
     also = f"; {others} other parent run(s) there, choose with parent=RUN_ID" if others else ""
     lines = [

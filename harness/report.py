@@ -429,23 +429,28 @@ def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
     return pd.DataFrame(rows, columns=list(INTERACTION_COLUMNS))
 
 
-def missing_configs(runs: pd.DataFrame, factors: Factors) -> list[dict[str, str]]:
-    """Return the grid configs (every combination of options) that have no result.
+def missing_configs(
+    runs: pd.DataFrame, factors: Factors, configs: Sequence[Mapping[str, str]] | None = None
+) -> list[dict[str, str]]:
+    """Return the grid configs that have no result.
 
     Args:
         runs: One row per trial run.
         factors: Trick → options in study order.
+        configs: The study's own list of configs when it is not a full factorial (e.g. the
+            seed study's four runs); None means every combination of options.
 
     Returns:
-        Toggle dicts in grid order, e.g. ``[{"stem": "deep", "init": "xavier"}]``.
+        Toggle dicts in grid order, e.g. ``[{"stem": "deep", "depth": "resnet34"}]``.
     """
     results = result_runs(runs, factors)
     present = set(results[list(factors)].itertuples(index=False, name=None)) if factors else set()
-    return [
-        dict(zip(factors, combination))
-        for combination in itertools.product(*factors.values())
-        if combination not in present
-    ]
+    if configs is None:
+        planned = [tuple(c) for c in itertools.product(*factors.values())]
+    else:
+        planned = [tuple(option_text(c[t]) for t in factors) for c in configs]
+    return [dict(zip(factors, combination)) for combination in planned
+            if combination not in present]
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,6 +518,7 @@ def pareto_verdict(
     factors: Factors,
     defaults: Mapping[str, str],
     share: float = 0.8,
+    planned: Sequence[Mapping[str, str]] | None = None,
 ) -> Verdict:
     """Find the fewest tricks that give ``share`` of the gain of the best config over the baseline.
 
@@ -527,6 +533,7 @@ def pareto_verdict(
         factors: Trick → options in study order.
         defaults: Trick → its neutral option; all defaults is the baseline config.
         share: The fraction of the total gain the chosen set must reach, 0.8 for the 80/20 rule.
+        planned: The study's configs when it is not a full factorial (see missing_configs).
 
     Returns:
         The verdict. With no measured baseline, or no config better than it, nothing is chosen and
@@ -596,7 +603,7 @@ def pareto_verdict(
         best_seconds=best_seconds,
         baseline_seconds=baseline_seconds,
         cost_share=chosen_seconds / best_seconds if best_seconds else math.nan,
-        missing=missing_configs(runs, factors),
+        missing=missing_configs(runs, factors, planned),
         share=share,
         chosen_estimated=bool(last is not None and last["estimated"]),
         n_excluded=int((~is_result(runs)).sum()),
@@ -834,7 +841,9 @@ def _parent_meta(
     defaults = {trick: option_text(option) for trick, option in defaults_json.items()}
     for trick, options in factors.items():
         defaults.setdefault(trick, options[0])  # the first option is the neutral one by convention
+    configs = _json_tag(tags, "harness.configs", where) if "harness.configs" in tags else None
     return {
+        "configs": configs,
         "parent_run_id": parent.info.run_id,
         "n_parents": len(parents),
         "factors": factors,

@@ -84,7 +84,7 @@ def write_report(
         if factorial
         else pd.DataFrame(columns=list(report.INTERACTION_COLUMNS))
     )
-    verdict = report.pareto_verdict(runs, factors, defaults)
+    verdict = report.pareto_verdict(runs, factors, defaults, planned=meta.get("configs"))
     markdown = report.verdict_markdown(verdict, effects, configs)
     writers: dict[str, Writer] = {
         "configs": _csv(configs),

@@ -346,6 +346,9 @@ class StudyRunner:
             "harness.study": cfg.study.name, "harness.budget": cfg.budget,
             "harness.kind": cfg.study.kind, "harness.factors": json.dumps(cfg.factors),
             "harness.defaults": json.dumps(defaults), "harness.fixed": json.dumps(cfg.fixed),
+            **({"harness.configs": json.dumps([{k: c[k] for k in cfg.factors}
+                                               for c in cfg.configs])}
+               if cfg.study.configs is not None else {}),
             "harness.optuna_storage": self.storage_text,
             "harness.optuna_study_name": study.study_name,
             "harness.device": device_name(self.device), "harness.dataset_digest": data.digest,

@@ -36,7 +36,8 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
     out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
     paths = write_report(runs, meta, out_dir)
     log_report_to_mlflow(paths, outcome.parent_run_id, tracking_uri)
-    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"])
+    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"],
+                             planned=meta.get("configs"))
     # Summary numbers on the parent fill its row in the MLflow runs table.
     summary = {"best_test_acc": verdict.best_acc, "baseline_test_acc": verdict.baseline_acc,
                "gain_points": verdict.total_gain, "trick_set_share": verdict.chosen_share,

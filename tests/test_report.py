@@ -459,3 +459,16 @@ def test_write_report_adds_importances_for_an_optuna_search(tmp_path):
     paths = write_report(make_runs(factors), meta, tmp_path / "out")
     assert set(pd.read_csv(paths["importances"])["param"]) == {"stem", "lr_factor"}
     assert pd.read_csv(paths["interactions"]).empty  # not a factorial grid
+
+
+def test_missing_configs_follow_a_study_that_lists_its_configs():
+    # A study like `seed` runs a few listed configs, not the full factorial of its factors.
+    planned = [{"a": "off", "b": "off", "c": "off"}, {"a": "on", "b": "off", "c": "off"},
+               {"a": "off", "b": "on", "c": "on"}]
+    runs = make_runs()
+    listed = runs[(runs["a"] == "off") & (runs["b"] == "off") & (runs["c"] == "off")
+                  | (runs["a"] == "on") & (runs["b"] == "off") & (runs["c"] == "off")]
+    assert report.missing_configs(listed, FACTORS, planned) == [planned[2]]
+    assert len(report.missing_configs(listed, FACTORS)) == 6  # against the full factorial
+    verdict = report.pareto_verdict(listed, FACTORS, DEFAULTS, planned=planned)
+    assert verdict.missing == [planned[2]]
