@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -277,7 +278,9 @@ class StudyRunner:
         base_data = self.data(cfg.recipe)
         self.storage, self.storage_text = open_storage(cfg.storage, cfg.study.name)
         self.tracker = Tracker(cfg.tracking_uri)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna logs every failed trial with its traceback, Ctrl-C included; the harness prints
+        # one line per failure instead and keeps the traceback in the run's artifacts.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         study = optuna.create_study(
             study_name=f"{self.name}-{self.key}", storage=self.storage,
             sampler=make_sampler(cfg), pruner=make_pruner(cfg),
@@ -436,8 +439,11 @@ class StudyRunner:
             self._close(run_id, trial, summary, "interrupted", "stopped by the user", "KILLED")
             raise
         except Exception as exc:
+            self.tracker.log_text(run_id, traceback.format_exc(), "traceback.txt")
             self._close(run_id, trial, summary, "crashed", f"{type(exc).__name__}: {exc}",
                         "FAILED")
+            self.announce(f"  crashed: {type(exc).__name__}: {exc} (traceback.txt in run "
+                          f"{run_id}); the study goes on")
             raise
         test = evaluate(result.model, data.test_x, data.test_y, data.classes,
                         recipe.trainer.eval_batch_size, result.placement.autocast_dtype,

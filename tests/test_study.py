@@ -140,7 +140,7 @@ def test_optuna_search_prunes_and_reports(learnable_folder, tmp_path):
 def test_resume_after_sigkill_finishes_every_config_once(learnable_folder, tmp_path):
     # Four configs, each slow enough (several epochs) to be killed in the middle of one.
     args = ["study=tricks", *store_args(learnable_folder, tmp_path), "depth=resnet18",
-            "init=default", "trainer.epochs=6", "trainer.batch_size=8"]
+            "init=default", "trainer.epochs=30", "trainer.batch_size=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -149,7 +149,7 @@ def test_resume_after_sigkill_finishes_every_config_once(learnable_folder, tmp_p
     for line in process.stdout:
         lines.append(line)
         if line.startswith("trial 1:"):
-            time.sleep(1.5)  # into the second trial's training
+            time.sleep(0.5)  # into the second trial's training (30 epochs take seconds)
             process.send_signal(signal.SIGKILL)
             break
         assert time.time() < deadline, "".join(lines)
@@ -171,13 +171,13 @@ def test_resume_after_sigkill_finishes_every_config_once(learnable_folder, tmp_p
 
 def test_ctrl_c_stops_cleanly_and_resumes(learnable_folder, tmp_path):
     args = ["study=tricks", *store_args(learnable_folder, tmp_path), "depth=resnet18",
-            "init=default", "stem=none", "trainer.epochs=8", "trainer.batch_size=8"]
+            "init=default", "stem=none", "trainer.epochs=30", "trainer.batch_size=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("trial 0:"):
-            time.sleep(1.5)
+            time.sleep(0.5)  # into the first trial's training (30 epochs take seconds)
             process.send_signal(signal.SIGINT)
             break
     _, err = process.communicate(timeout=60)
