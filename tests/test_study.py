@@ -173,8 +173,11 @@ def test_ctrl_c_stops_cleanly_and_resumes(learnable_folder, tmp_path):
     args = ["study=tricks", *store_args(learnable_folder, tmp_path), "depth=resnet18",
             "init=default", "stem=none", "trainer.epochs=30", "trainer.batch_size=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A shell without job control (CI, `cmd &`) starts children with SIGINT ignored; a person's
+    # terminal does not, so give the child the default disposition a terminal would.
     process = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in process.stdout:
         if line.startswith("trial 0:"):
             time.sleep(0.5)  # into the first trial's training (30 epochs take seconds)
