@@ -11,7 +11,6 @@ import dataclasses
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -216,9 +215,3 @@ def help_text() -> str:
     lines.append(f"  {'seed=':<26}[default: {defaults.get('seed')}] (seeds= repeats a study)")
     return "\n".join(lines)
 
-
-def studies_dir() -> Path:
-    """Return the folder of study files (``studies/`` at the repository root)."""
-    from harness.studies import STUDIES_DIR
-
-    return STUDIES_DIR

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -66,7 +66,3 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec) -> torch.optim.Optimi
     """Build the optimizer named by ``spec`` over ``model``'s parameters."""
     return OPTIMIZERS.get(spec.name)(parameter_groups(model, spec), spec)
 
-
-def count_parameters(params: Iterable[torch.Tensor]) -> int:
-    """Return the number of scalars in ``params``."""
-    return sum(p.numel() for p in params)

@@ -29,6 +29,7 @@ from harness.config import RunConfig
 from harness.data import PreparedData, prepare_data
 from harness.errors import UserError
 from harness.evaluate import Evaluation, evaluate
+from harness.provenance import environment_tags
 from harness.recipe import Recipe
 from harness.tracking import Tracker, check_tracking_uri
 from harness.train import device_name, fit, resolve_device
@@ -77,7 +78,7 @@ def config_label(toggles: dict[str, str]) -> str:
 
 
 def run_name(toggles: dict[str, str], seed: int) -> str:
-    """Return a short MLflow run name: the non-default toggles, e.g. ``stem=deep+init=xavier s0``.
+    """Return a short MLflow run name: the non-default toggles, e.g. ``stem=deep s0``.
 
     The full toggles are params; the name only has to tell runs apart in the UI's narrow column.
     """
@@ -407,8 +408,6 @@ class StudyRunner:
             "harness.device": device_name(self.device), "harness.dataset_digest": data.digest,
             "harness.study_key": self.key,
         }
-        from harness.provenance import environment_tags
-
         tags.update(environment_tags())
         params = {**toggles, "seed": seed, **numeric,
                   **{k: v for k, v in recipe.flat().items() if not k.startswith("toggles.")}}

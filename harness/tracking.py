@@ -28,7 +28,7 @@ from harness.errors import UserError
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 # Schema set-up chatter that MLflow logs at INFO on every new SQLite store.
@@ -168,11 +168,6 @@ class Tracker:
     def end(self, run_id: str, status: str) -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
-
-    def status(self, run_id: str) -> str:
-        """Return a run's status name, e.g. ``RUNNING``."""
-        return RunStatus.to_string(RunStatus.from_string(
-            self.client.get_run(run_id).info.status))
 
     def close_if_running(self, run_ids: Iterable[str], reason: str) -> int:
         """Mark runs still RUNNING as KILLED with ``reason``; return how many were closed."""
