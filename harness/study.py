@@ -68,6 +68,7 @@ class StudyOutcome:
     parent_run_id: str
     optuna_study_name: str
     storage: str
+    tracking_uri: str  # as checked and resolved once (absolute for SQLite)
     trials: list[TrialSummary] = field(default_factory=list)
     skipped: int = 0  # trials already finished before this invocation
 
@@ -256,7 +257,8 @@ class StudyRunner:
         self.cfg = cfg
         self.announce = announce
         self.device = resolve_device(cfg.device)
-        check_tracking_uri(cfg.tracking_uri)  # both URLs are checked before anything is written
+        # Both URLs are checked before anything is written; the resolved one is used from here.
+        self.tracking_uri = check_tracking_uri(cfg.tracking_uri)
         check_storage(cfg.storage)
         self.key = study_key(cfg)
         self.name = f"{cfg.study.name}-{cfg.budget}"
@@ -278,7 +280,7 @@ class StudyRunner:
         # Load the data before anything is written, so a bad data path fails cleanly.
         base_data = self.data(cfg.recipe)
         self.storage, self.storage_text = open_storage(cfg.storage, cfg.study.name)
-        self.tracker = Tracker(cfg.tracking_uri)
+        self.tracker = Tracker(self.tracking_uri)
         # Optuna logs every failed trial with its traceback, Ctrl-C included; the harness prints
         # one line per failure instead and keeps the traceback in the run's artifacts.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -303,7 +305,7 @@ class StudyRunner:
             "base_recipe": cfg.recipe.to_dict(), "command_line": list(cfg.overrides),
         }, "study_config.json")
         self.outcome = StudyOutcome(self.name, self.name, parent, study.study_name,
-                                    self.storage_text)
+                                    self.storage_text, self.tracker.uri)
         requeued = repair_and_requeue(study, self.tracker, cfg.stale_after)
         remaining = self._remaining(study)
         self.outcome.skipped = self._total() - remaining if cfg.study.kind == "grid" else (

@@ -26,7 +26,7 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
     from harness.report import format_verdict, load_runs, pareto_verdict
     from harness.report_writer import log_report_to_mlflow, write_report
 
-    tracking_uri = outcome_tracking_uri(cfg)
+    tracking_uri = outcome.tracking_uri
     try:
         runs, meta = load_runs(tracking_uri, cfg.study.name, cfg.budget,
                                parent_run_id=outcome.parent_run_id)
@@ -51,9 +51,3 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
           f"'{outcome.experiment}'")
     return out_dir
 
-
-def outcome_tracking_uri(cfg: RunConfig) -> str:
-    """Return the tracking URI as the tracker resolved it (absolute for SQLite)."""
-    from harness.tracking import check_tracking_uri
-
-    return check_tracking_uri(cfg.tracking_uri)
