@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import harness
+from harness.tracking import Tag
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,9 @@ def git_sha() -> str:
 def environment_tags() -> dict[str, str]:
     """Return tags that pin down the software a run used."""
     return {
-        "harness.git_sha": git_sha(),
-        "harness.version": harness.__version__,
-        "harness.torch_version": torch.__version__,
-        "harness.python_version": platform.python_version(),
-        "harness.host": socket.gethostname(),
+        Tag.GIT_SHA: git_sha(),
+        Tag.VERSION: harness.__version__,
+        Tag.TORCH_VERSION: torch.__version__,
+        Tag.PYTHON_VERSION: platform.python_version(),
+        Tag.HOST: socket.gethostname(),
     }

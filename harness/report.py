@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError, unknown_choice
+from harness.tracking import Tag
 
 Factors = Mapping[str, Sequence[str]]
 """Trick name → its options in study order; the first option is the neutral default."""
@@ -817,7 +818,7 @@ def _parent_meta(
     """Read factors, defaults and kind from the chosen parent run (default: the newest)."""
     parents = client.search_runs(
         [experiment_id],
-        filter_string="tags.`harness.role` = 'parent'",
+        filter_string=f"tags.`{Tag.ROLE}` = 'parent'",
         order_by=["attributes.start_time DESC"],
     )
     if not parents:
@@ -831,26 +832,26 @@ def _parent_meta(
         parent = by_id[parent_run_id]
     tags = parent.data.tags
     where = f"parent run {parent.info.run_id}"
-    factors_json = _json_tag(tags, "harness.factors", where)
+    factors_json = _json_tag(tags, Tag.FACTORS, where)
     if not isinstance(factors_json, dict) or not factors_json:
         raise UserError(f"{where} tag harness.factors is not a JSON object of trick → options")
     factors = {trick: [option_text(o) for o in options] for trick, options in factors_json.items()}
-    defaults_json = _json_tag(tags, "harness.defaults", where) if "harness.defaults" in tags else {}
+    defaults_json = _json_tag(tags, Tag.DEFAULTS, where) if Tag.DEFAULTS in tags else {}
     if not isinstance(defaults_json, dict):
         raise UserError(f"{where} tag harness.defaults is not a JSON object of trick → option")
     defaults = {trick: option_text(option) for trick, option in defaults_json.items()}
     for trick, options in factors.items():
         defaults.setdefault(trick, options[0])  # the first option is the neutral one by convention
-    configs = _json_tag(tags, "harness.configs", where) if "harness.configs" in tags else None
+    configs = _json_tag(tags, Tag.CONFIGS, where) if Tag.CONFIGS in tags else None
     return {
         "configs": configs,
         "parent_run_id": parent.info.run_id,
         "n_parents": len(parents),
         "factors": factors,
         "defaults": {trick: defaults[trick] for trick in factors},
-        "kind": tags.get("harness.kind", "grid"),
-        "optuna_storage": tags.get("harness.optuna_storage"),
-        "optuna_study_name": tags.get("harness.optuna_study_name"),
+        "kind": tags.get(Tag.KIND, "grid"),
+        "optuna_storage": tags.get(Tag.OPTUNA_STORAGE),
+        "optuna_study_name": tags.get(Tag.OPTUNA_STUDY),
     }
 
 
@@ -861,17 +862,17 @@ def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     def column(name: str) -> pd.Series:
         return frame[name] if name in frame.columns else pd.Series([None] * n, index=frame.index)
 
-    toggles = column("tags.harness.toggles").map(
+    toggles = column(f"tags.{Tag.TOGGLES}").map(
         lambda text: json.loads(text) if isinstance(text, str) and text else {}
     )
     runs = pd.DataFrame(
         {
             "run_id": column("run_id"),
             "status": column("status"),
-            "failure": column("tags.harness.failure"),
+            "failure": column(f"tags.{Tag.FAILURE}"),
         }
     )
-    seeds = column("tags.harness.seed").fillna(column("params.seed"))
+    seeds = column(f"tags.{Tag.SEED}").fillna(column("params.seed"))
     runs["seed"] = pd.to_numeric(seeds, errors="coerce").astype("Int64")
     for trick in factors:
         from_tag = toggles.map(lambda t, trick=trick: option_text(t[trick]) if trick in t else None)
@@ -885,7 +886,7 @@ def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     for required in ("test_acc", "val_acc", "test_loss", "train_seconds", "epochs_completed"):
         if required not in runs.columns:
             runs[required] = np.nan
-    runs["device"] = column("tags.harness.device")
+    runs["device"] = column(f"tags.{Tag.DEVICE}")
     return runs.reset_index(drop=True)
 
 
@@ -924,7 +925,7 @@ def load_runs(
         raise UserError(f"no experiment '{name}' at {tracking_uri}; experiments there: {listed}")
     meta = _parent_meta(client, experiment.experiment_id, name, parent_run_id)
     children = (
-        f"tags.`harness.role` = 'trial' and tags.`mlflow.parentRunId` = '{meta['parent_run_id']}'"
+        f"tags.`{Tag.ROLE}` = 'trial' and tags.`{Tag.PARENT}` = '{meta['parent_run_id']}'"
     )
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below

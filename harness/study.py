@@ -31,7 +31,7 @@ from harness.errors import UserError
 from harness.evaluate import Evaluation, evaluate
 from harness.provenance import environment_tags
 from harness.recipe import Recipe
-from harness.tracking import Tracker, check_tracking_uri
+from harness.tracking import Tag, Tracker, check_tracking_uri
 from harness.train import device_name, fit, resolve_device
 from harness.trial_logging import log_trial_outcome
 from harness.tricks import TRICKS, apply_toggles
@@ -231,9 +231,29 @@ def planned_trials(cfg: RunConfig) -> list[tuple[dict[str, str], int]]:
     return [(config, seed) for config in cfg.configs for seed in cfg.seeds]
 
 
+def torch_seed(toggles: dict[str, str], replicate: int) -> int:
+    """Return the seed a trial trains with, derived from its config and its replicate seed.
+
+    Configs that shared one seed would share their initial weights wherever their networks
+    agree, and their batch order and augmentation draws: partner configs would then differ by
+    nearly the same amount every time, and an effect's spread over partners would hide the noise
+    a new seed brings. Deriving the seed from (config, replicate) makes every trial an
+    independent draw, while the same config and replicate always get the same seed. The derived
+    seed is logged (``Recipe.seed``, tag ``harness.torch_seed``), so a run is reproducible from
+    what MLflow holds.
+    """
+    content = json.dumps({"config": dict(sorted(toggles.items())), "replicate": replicate},
+                         sort_keys=True)
+    return int.from_bytes(hashlib.sha256(content.encode()).digest()[:4], "big") % (2**31)
+
+
 def trial_recipe(cfg: RunConfig, toggles: dict[str, str], seed: int,
                  numeric: dict[str, float] | None = None) -> Recipe:
-    """Return the recipe of one trial: the base recipe, numeric search values, then toggles."""
+    """Return the recipe of one trial: the base recipe, numeric search values, then toggles.
+
+    ``seed`` is the replicate seed of the study's ``seeds``; the recipe's seed is derived from
+    it and the toggles (:func:`torch_seed`).
+    """
     recipe = cfg.recipe
     if numeric:
         values = recipe.to_dict()
@@ -242,7 +262,7 @@ def trial_recipe(cfg: RunConfig, toggles: dict[str, str], seed: int,
             values[section][name] = value
         recipe = Recipe.from_dict(values)
     recipe = apply_toggles(recipe, toggles)
-    return dataclasses.replace(recipe, seed=seed)
+    return dataclasses.replace(recipe, seed=torch_seed(toggles, seed))
 
 
 class StudyRunner:
@@ -349,16 +369,16 @@ class StudyRunner:
         cfg = self.cfg
         defaults = {name: TRICKS.get(name).default for name in cfg.factors}
         return {
-            "harness.study": cfg.study.name, "harness.budget": cfg.budget,
-            "harness.kind": cfg.study.kind, "harness.factors": json.dumps(cfg.factors),
-            "harness.defaults": json.dumps(defaults), "harness.fixed": json.dumps(cfg.fixed),
-            **({"harness.configs": json.dumps([{k: c[k] for k in cfg.factors}
+            Tag.STUDY: cfg.study.name, Tag.BUDGET: cfg.budget,
+            Tag.KIND: cfg.study.kind, Tag.FACTORS: json.dumps(cfg.factors),
+            Tag.DEFAULTS: json.dumps(defaults), Tag.FIXED: json.dumps(cfg.fixed),
+            **({Tag.CONFIGS: json.dumps([{k: c[k] for k in cfg.factors}
                                                for c in cfg.configs])}
                if cfg.study.configs is not None else {}),
-            "harness.optuna_storage": self.storage_text,
-            "harness.optuna_study_name": study.study_name,
-            "harness.device": device_name(self.device), "harness.dataset_digest": data.digest,
-            "mlflow.note.content": cfg.study.description,
+            Tag.OPTUNA_STORAGE: self.storage_text,
+            Tag.OPTUNA_STUDY: study.study_name,
+            Tag.DEVICE: device_name(self.device), Tag.DATASET_DIGEST: data.digest,
+            Tag.NOTE: cfg.study.description,
         }
 
     def _objective(self, experiment_id: str, parent: str) -> Callable[[optuna.Trial], float]:
@@ -404,15 +424,16 @@ class StudyRunner:
         self.outcome.trials.append(summary)
         data = self.data(recipe)
         tags = {
-            "harness.study": cfg.study.name, "harness.budget": cfg.budget,
-            "harness.toggles": json.dumps(toggles), "harness.seed": str(seed),
-            "harness.config": label, "harness.trial": str(trial.number),
-            "harness.device": device_name(self.device), "harness.dataset_digest": data.digest,
-            "harness.study_key": self.key,
+            Tag.STUDY: cfg.study.name, Tag.BUDGET: cfg.budget,
+            Tag.TOGGLES: json.dumps(toggles), Tag.SEED: str(seed),
+            Tag.CONFIG: label, Tag.TRIAL: str(trial.number),
+            Tag.DEVICE: device_name(self.device), Tag.DATASET_DIGEST: data.digest,
+            Tag.STUDY_KEY: self.key, Tag.TORCH_SEED: str(recipe.seed),
         }
         tags.update(environment_tags())
-        params = {**toggles, "seed": seed, **numeric,
-                  **{k: v for k, v in recipe.flat().items() if not k.startswith("toggles.")}}
+        flat = {("torch_seed" if k == "seed" else k): v for k, v in recipe.flat().items()
+                if not k.startswith("toggles.")}
+        params = {**toggles, "seed": seed, **numeric, **flat}
         run_id = self.tracker.start_trial(experiment_id, parent, run_name(toggles, seed), tags,
                                           params)
         summary.run_id = run_id
@@ -472,6 +493,6 @@ class StudyRunner:
                reason: str, status: str) -> None:
         summary.status = failure
         trial.set_user_attr("failure", failure)
-        self.tracker.set_tags(run_id, {"harness.failure": failure,
-                                       "harness.failure_reason": reason[:5000]})
+        self.tracker.set_tags(run_id, {Tag.FAILURE: failure,
+                                       Tag.FAILURE_REASON: reason[:5000]})
         self.tracker.end(run_id, status)

@@ -35,6 +35,42 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 for _noisy in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
+class Tag:
+    """The MLflow tag names the harness writes and the report reads: their one home.
+
+    Every writer (the study runner, this module) and every reader (``harness.report``) imports
+    these, so a name is never spelled twice.
+    """
+
+    ROLE = "harness.role"  # "parent" (one per study) or "trial" (one per trial)
+    PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI folds children under it
+    STUDY = "harness.study"
+    STUDY_KEY = "harness.study_key"
+    BUDGET = "harness.budget"
+    KIND = "harness.kind"  # grid | optuna
+    FACTORS = "harness.factors"  # JSON: trick → options in study order
+    DEFAULTS = "harness.defaults"  # JSON: trick → neutral option
+    FIXED = "harness.fixed"  # JSON: trick → option held in every trial
+    CONFIGS = "harness.configs"  # JSON list of configs, for studies that are not full factorials
+    OPTUNA_STORAGE = "harness.optuna_storage"
+    OPTUNA_STUDY = "harness.optuna_study_name"
+    TOGGLES = "harness.toggles"  # JSON: trick → option of this trial
+    SEED = "harness.seed"  # the replicate seed the user asked for (seeds=[0,1,2])
+    TORCH_SEED = "harness.torch_seed"  # the seed the run actually used, derived (see study)
+    CONFIG = "harness.config"  # "stem=deep,init=xavier": the config's label
+    TRIAL = "harness.trial"  # Optuna trial number
+    DEVICE = "harness.device"
+    DATASET_DIGEST = "harness.dataset_digest"
+    FAILURE = "harness.failure"  # diverged | crashed | pruned | interrupted | stale
+    FAILURE_REASON = "harness.failure_reason"
+    HOST = "harness.host"
+    GIT_SHA = "harness.git_sha"
+    VERSION = "harness.version"
+    TORCH_VERSION = "harness.torch_version"
+    PYTHON_VERSION = "harness.python_version"
+    NOTE = "mlflow.note.content"
+
+
 _BATCH = 100  # MLflow's limit of params (and a sane chunk of metrics) per log_batch call
 
 
@@ -103,8 +139,8 @@ class Tracker:
         """Return the study's parent run, reopened if a previous invocation created it."""
         runs = self.client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`harness.study_key` = '{study_key}' "
-                          f"and tags.`harness.role` = 'parent'",
+            filter_string=f"tags.`{Tag.STUDY_KEY}` = '{study_key}' "
+                          f"and tags.`{Tag.ROLE}` = 'parent'",
             max_results=1,
         )
         if runs:
@@ -113,7 +149,7 @@ class Tracker:
             return run_id
         run = self.client.create_run(
             experiment_id, run_name=name,
-            tags={**tags, "harness.role": "parent", "harness.study_key": study_key},
+            tags={**tags, Tag.ROLE: "parent", Tag.STUDY_KEY: study_key},
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -123,7 +159,7 @@ class Tracker:
         """Create a child run under ``parent_id`` with its tags and params; return its id."""
         run = self.client.create_run(
             experiment_id, run_name=name,
-            tags={**tags, "mlflow.parentRunId": parent_id, "harness.role": "trial"},
+            tags={**tags, Tag.PARENT: parent_id, Tag.ROLE: "trial"},
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -175,8 +211,8 @@ class Tracker:
         for run_id in run_ids:
             try:
                 if self.client.get_run(run_id).info.status == "RUNNING":
-                    self.set_tags(run_id, {"harness.failure": "interrupted",
-                                           "harness.failure_reason": reason})
+                    self.set_tags(run_id, {Tag.FAILURE: "interrupted",
+                                           Tag.FAILURE_REASON: reason})
                     self.end(run_id, "KILLED")
                     closed += 1
             except Exception:  # noqa: BLE001 - a run deleted by hand is nothing to repair
