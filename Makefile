@@ -12,7 +12,7 @@ SHARED_DATA := ../shared/data/cifar10-jpeg.tar.gz
 ARGS ?=
 PORT ?= 5000
 
-.PHONY: run test lint data ui benchmark export clean help
+.PHONY: run test lint data ui benchmark export services services-stop clean help
 
 help:
 	@echo "make run [ARGS='study=tricks budget=cpu ...']   run a study (default: the tricks grid)"
@@ -20,11 +20,13 @@ help:
 	@echo "make ui [PORT=5000]                            MLflow UI on 127.0.0.1 over mlruns/"
 	@echo "make export [ARGS='study=tricks']              write the ablation CSVs"
 	@echo "make benchmark [ARGS=--quick]                  training throughput, side by side"
+	@echo "make services                                  local PostgreSQL + MLflow server for many workers"
+	@echo "make services-stop                             stop them"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ui]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ui,slurm,postgres]"
 	@touch $(STAMP)
 
 # Unpack the offline CIFAR-10 copy into ./data (the default data.root) when it sits beside us.
@@ -58,6 +60,14 @@ ui: $(STAMP)
 
 benchmark: $(STAMP) data
 	$(PY) benchmarks/throughput.py $(ARGS)
+
+# PostgreSQL (data in mlruns/services/) and an MLflow server on it, both on 127.0.0.1. The last
+# line printed is the storage= and tracking_uri= overrides for every worker.
+services: $(STAMP)
+	@$(PY) -m harness.study.services start
+
+services-stop: $(STAMP)
+	@$(PY) -m harness.study.services stop
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

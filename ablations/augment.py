@@ -9,15 +9,13 @@ switches them on.
 
 from __future__ import annotations
 
-import dataclasses
-
 from harness.tricks import Trick, register
 
 register(Trick(
     name="augment",
     doc="Augmentation: none, or random crop with padding and horizontal flip (He et al. 2016).",
     options={
-        "none": {"augment": lambda spec: dataclasses.replace(spec, ops=())},
-        "crop_flip": {"augment": lambda spec: dataclasses.replace(spec, ops=("crop", "flip"))},
+        "none": {"augment.ops": ()},
+        "crop_flip": {"augment.ops": ("crop", "flip")},
     },
 ))

@@ -8,8 +8,6 @@ Kaiming-uniform (a=√5) initialisation.
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
 from harness.models.parts import INITIALIZERS
@@ -56,9 +54,5 @@ def kaiming_init(model: nn.Module) -> None:
 register(Trick(
     name="init",
     doc="Weight init: PyTorch default, Xavier-uniform (the seed's) or Kaiming-normal fan-out.",
-    options={
-        "default": {"model": lambda model: dataclasses.replace(model, init="default")},
-        "xavier": {"model": lambda model: dataclasses.replace(model, init="xavier")},
-        "kaiming": {"model": lambda model: dataclasses.replace(model, init="kaiming")},
-    },
+    options={name: {"model.init": name} for name in ("default", "xavier", "kaiming")},
 ))

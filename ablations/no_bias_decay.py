@@ -7,17 +7,13 @@ activations the next layer rescales back (He et al. 2019, "Bag of Tricks", §3.1
 
 from __future__ import annotations
 
-import dataclasses
-
 from harness.tricks import Trick, register
 
 register(Trick(
     name="no_bias_decay",
     doc="No bias decay: exempt biases and norm parameters from weight decay (He et al. 2019).",
     options={
-        "off": {"optimizer": lambda spec: dataclasses.replace(spec, decay_excludes=())},
-        "on": {
-            "optimizer": lambda spec: dataclasses.replace(spec, decay_excludes=("bias", "norm")),
-        },
+        "off": {"optimizer.decay_excludes": ()},
+        "on": {"optimizer.decay_excludes": ("bias", "norm")},
     },
 ))

@@ -9,25 +9,14 @@ leaves alone so a study or the command line can rescale both.
 
 from __future__ import annotations
 
-import dataclasses
-
-from harness.recipe import OptimizerSpec
 from harness.tricks import Trick, register
-
-
-def _sgd(spec: OptimizerSpec) -> OptimizerSpec:
-    return dataclasses.replace(spec, name="sgd", momentum=0.9)
-
-
-def _adam(spec: OptimizerSpec) -> OptimizerSpec:
-    return dataclasses.replace(spec, name="adam", lr=1e-3, betas=(0.9, 0.98), eps=1e-9)
-
 
 register(Trick(
     name="optimizer",
     doc="SGD with momentum at the base lr, or the seed's Adam at lr 1e-3; either × lr_factor.",
     options={
-        "sgd": {"optimizer": _sgd},
-        "adam": {"optimizer": _adam},
+        "sgd": {"optimizer.name": "sgd", "optimizer.momentum": 0.9},
+        "adam": {"optimizer.name": "adam", "optimizer.lr": 1e-3, "optimizer.betas": (0.9, 0.98),
+                 "optimizer.eps": 1e-9},
     },
 ))

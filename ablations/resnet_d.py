@@ -7,8 +7,6 @@ projects with a stride-1 1×1 conv, so the shortcut sees every input pixel.
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
 from harness.models.parts import SHORTCUTS
@@ -35,7 +33,7 @@ register(Trick(
     name="resnet_d",
     doc="ResNet-D shortcut: 2×2 average pool, then a stride-1 1×1 conv (He et al. 2019).",
     options={
-        "off": {"model": lambda model: dataclasses.replace(model, shortcut="projection")},
-        "on": {"model": lambda model: dataclasses.replace(model, shortcut="avgpool")},
+        "off": {"model.shortcut": "projection"},
+        "on": {"model.shortcut": "avgpool"},
     },
 ))

@@ -8,8 +8,6 @@ three 3×3 conv-BN-ReLU layers, the first strided, then a strided 3×3 max pool.
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
 from harness.models.parts import STEMS, conv_bn_relu
@@ -43,7 +41,7 @@ register(Trick(
     name="stem",
     doc="Deep stem: three 3×3 conv-BN-ReLU then max pool, 4× downsampling (He et al. 2019; seed).",
     options={
-        "none": {"model": lambda model: dataclasses.replace(model, stem="conv3x3")},
-        "deep": {"model": lambda model: dataclasses.replace(model, stem="deep")},
+        "none": {"model.stem": "conv3x3"},
+        "deep": {"model.stem": "deep"},
     },
 ))

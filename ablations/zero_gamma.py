@@ -8,13 +8,10 @@ BN as ``last_norm``; nets without one (the seed's CNN) are left unchanged.
 
 from __future__ import annotations
 
-import dataclasses
-
 from torch import nn
 
 from harness.models.parts import INITIALIZERS
-from harness.recipe import ModelSpec
-from harness.tricks import Trick, register
+from harness.tricks import Trick, appended, register, removed
 
 _INITIALIZER = "zero_last_norm_gamma"
 
@@ -29,22 +26,13 @@ def zero_last_norm_gamma(model: nn.Module) -> None:
             nn.init.zeros_(norm.weight)
 
 
-def _off(spec: ModelSpec) -> ModelSpec:
-    # Removes only this trick's entry, so other post-init steps of the base recipe survive.
-    return dataclasses.replace(
-        spec, post_init=tuple(name for name in spec.post_init if name != _INITIALIZER))
-
-
-def _on(spec: ModelSpec) -> ModelSpec:
-    # Runs after ``init`` (post_init follows it), so a whole-net init cannot undo the zeros.
-    return dataclasses.replace(spec, post_init=(*_off(spec).post_init, _INITIALIZER))
-
-
+# post_init runs after ``init``, so a whole-net init cannot undo the zeros; removing only this
+# entry keeps the other post-init steps of the base recipe.
 register(Trick(
     name="zero_gamma",
     doc="Zero-γ: zero the last BN γ of every residual block (Goyal et al. 2017; He et al. 2019).",
     options={
-        "off": {"model": _off},
-        "on": {"model": _on},
+        "off": {"model.post_init": removed(_INITIALIZER)},
+        "on": {"model.post_init": appended(_INITIALIZER)},
     },
 ))

@@ -29,6 +29,12 @@ harness's ``Placement``: fp32 on the CPU; bf16 autocast and channels_last on CUD
     python benchmarks/throughput.py --quick
     python benchmarks/throughput.py --json throughput.json
     python benchmarks/throughput.py --tune-malloc
+    python benchmarks/throughput.py --cases simplecnn-b128 --toggles ema=on,grad_clip=on
+
+``--toggles`` applies trick options to (a) only, e.g. tricks that act through the loop's step
+hooks (``harness.hooks``): (a)/(b) is then the cost of those hooks on top of the bare loop.
+Without it, (a) runs the loop with its hook points present and no hook registered.
+``--devices N`` trains (a) on N DDP ranks (``trainer.devices``; gloo ranks on the CPU).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,6 +72,7 @@ from harness.recipe import (
     TrainerSpec,
 )
 from harness.train import Placement, device_name, fit, resolve_device
+from harness.tricks import apply_toggles
 
 # The seed's optimizer: plain SGD, no weight decay.
 LR = 1e-3
@@ -396,6 +403,10 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device,
     """Measure one case ``args.repeats`` times, interleaving a, b, c."""
     spec = data_spec(args.data, case.images)
     recipe = make_recipe(case, spec, args.precision)
+    harness_recipe = apply_toggles(recipe, args.toggles)
+    if args.devices > 1:
+        harness_recipe = replace(harness_recipe,
+                                 trainer=replace(harness_recipe.trainer, devices=args.devices))
     placement = Placement.for_recipe(recipe, device)
     data = prepare_data(spec, device)
     loader = seed_loader(args.data, case.batch_size, SEED_WORKERS)
@@ -405,7 +416,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device,
     warmup = max(2, math.ceil(case.images / case.batch_size / 4))
     out = CaseResult(case)
     measure = {
-        "a": lambda: measure_harness(recipe, data, device),
+        "a": lambda: measure_harness(harness_recipe, data, device),
         "b": lambda: measure_bare(recipe, data, placement, case.images, warmup),
         "c": lambda: measure_seed(recipe, loader, placement, case.images, warmup),
     }
@@ -512,8 +523,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-malloc", action="store_true",
                         help="set glibc's mmap and trim thresholds first (for all three columns), "
                              "so freed activations are reused instead of faulted in again")
+    parser.add_argument("--toggles", default="",
+                        help="comma-separated TRICK=OPTION applied to (a) only, e.g. ema=on: "
+                             "the cost of those tricks' step hooks (default: none)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="train (a) on this many DDP ranks (gloo on the CPU): its images/s "
+                             "is the global rate; its page faults are the launcher's only")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     args = parser.parse_args(argv)
+    items = [item.strip() for item in args.toggles.split(",") if item.strip()]
+    if any("=" not in item for item in items):
+        parser.error(f"--toggles needs TRICK=OPTION items, got {args.toggles!r}")
+    args.toggles = dict(item.split("=", 1) for item in items)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
     if args.repeats < 1 or (args.images is not None and args.images < 1):

@@ -17,7 +17,10 @@ from omegaconf import OmegaConf
 
 from harness.errors import UserError, unknown_choice
 from harness.recipe import SECTIONS, Recipe
-from harness.studies import StudySpec, list_studies, load_study
+from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
+from harness.study.plan import Plan
+from harness.study.spec import StudySpec, list_studies, load_study
+from harness.study.storage import check_storage
 from harness.tricks import TRICKS, load_tricks
 
 BUDGETS = ("auto", "smoke", "cpu", "full")
@@ -31,13 +34,24 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "seeds": (None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's"),
     "n_trials": (None, "trials of an optuna study; default: the study's"),
     "storage": (None, "Optuna storage: a journal file path or an RDB URL; default: "
-                "mlruns/optuna/<study>.journal"),
+                "optuna/<study>.journal beside the MLflow SQLite store"),
     "tracking_uri": (DEFAULT_TRACKING_URI, "MLflow tracking URI (sqlite:///PATH or http://HOST)"),
     "device": ("auto", "auto | cpu | cuda | cuda:N | mps"),
     "progress": (True, "show progress bars"),
     "out": (None, "folder for the exported report; default: exports/<study>-<budget>"),
     "stale_after": (900.0, "seconds without a heartbeat after which another host's RUNNING "
                     "trial counts as dead"),
+    "workers": (1, "worker processes of this study: a number, or auto (one per visible GPU)"),
+    "trials_per_gpu": (1, "workers packed onto each GPU (small models leave a big GPU idle)"),
+    "launcher": ("local", f"where workers run: {' | '.join(LAUNCHERS)} (a Slurm job array via "
+                 f"submitit)"),
+    "slurm.cluster": ("slurm", f"{' | '.join(CLUSTERS)}: local runs the job array on this "
+                      f"machine"),
+    "slurm.partition": (None, "Slurm partition of the workers' job array"),
+    "slurm.time": (240, "minutes each Slurm task may run"),
+    "slurm.gpus_per_task": (0, "GPUs of each Slurm task"),
+    "slurm.cpus_per_task": (None, "CPU cores of each Slurm task; default: Slurm's"),
+    "slurm.array_parallelism": (None, "Slurm tasks running at once; default: all"),
 }
 
 
@@ -59,7 +73,21 @@ class RunConfig:
     progress: bool
     out: str | None
     stale_after: float
+    launch: Launch = field(default_factory=Launch)
     overrides: tuple[str, ...] = field(default=())
+
+    def plan(self) -> Plan:
+        """Return the study's plan: what its workers need, without the command line's settings."""
+        return Plan(
+            study=self.study.name, description=self.study.description, kind=self.study.kind,
+            budget=self.budget, recipe=self.recipe, factors=self.factors, fixed=self.fixed,
+            configs=self.configs, listed_configs=self.study.configs is not None,
+            seeds=self.seeds, n_trials=self.n_trials, objective=self.study.objective,
+            direction=self.study.direction, pruner=self.study.pruner, search=self.study.search,
+            storage=self.storage, tracking_uri=self.tracking_uri,
+            device=self.device, progress=self.progress, stale_after=self.stale_after,
+            command_line=self.overrides,
+        )
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -83,7 +111,13 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
         if override.is_delete() or override.is_add() or override.is_force_add():
             raise UserError(f"'{arg}': only plain key=value overrides are supported")
         key = override.key_or_group
-        values[key] = _plain(override.value())
+        value = _plain(override.value())
+        if "${" in str(value):
+            # OmegaConf would resolve it later, reading the environment or failing with a
+            # traceback; a command line means its values literally.
+            raise UserError(f"'{arg}': interpolations (${{...}}) are not supported on the "
+                            f"command line; give the value itself")
+        values[key] = value
     return values
 
 
@@ -139,15 +173,64 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
     if not isinstance(settings["progress"], bool):
         raise UserError(f"progress must be true or false, got {settings['progress']!r}")
+    storage = None if settings["storage"] is None else str(settings["storage"])
+    check_storage(storage)
     return RunConfig(
         study=study, recipe=recipe, budget=budget, seeds=seeds, configs=tuple(configs),
         fixed=fixed, factors=factors, n_trials=n_trials,
-        storage=None if settings["storage"] is None else str(settings["storage"]),
-        tracking_uri=str(settings["tracking_uri"]), device=str(settings["device"]),
-        progress=settings["progress"],
+        storage=storage, tracking_uri=str(settings["tracking_uri"]),
+        device=str(settings["device"]), progress=settings["progress"],
         out=None if settings["out"] is None else str(settings["out"]),
-        stale_after=float(settings["stale_after"]), overrides=tuple(args),
+        stale_after=_positive_float("stale_after", settings["stale_after"]),
+        launch=_launch(settings), overrides=tuple(args),
     )
+
+
+def _positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise UserError(f"{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _launch(settings: Mapping[str, Any]) -> Launch:
+    """Check the workers, launcher and ``slurm.*`` settings and build the Launch."""
+    workers = settings["workers"]
+    if workers != "auto":
+        workers = _positive_int("workers", workers)
+    if settings["launcher"] not in LAUNCHERS:
+        raise unknown_choice("launcher", settings["launcher"], LAUNCHERS)
+    if settings["slurm.cluster"] not in CLUSTERS:
+        raise unknown_choice("slurm.cluster", settings["slurm.cluster"], CLUSTERS)
+    if settings["launcher"] == "slurm" and workers == "auto":
+        raise UserError("launcher=slurm needs a number of workers, e.g. workers=8")
+    partition = settings["slurm.partition"]
+    slurm = SlurmSettings(
+        cluster=settings["slurm.cluster"],
+        partition=None if partition is None else str(partition),
+        time=_positive_int("slurm.time", settings["slurm.time"]),
+        gpus_per_task=_count("slurm.gpus_per_task", settings["slurm.gpus_per_task"]),
+        cpus_per_task=_positive_int("slurm.cpus_per_task", settings["slurm.cpus_per_task"],
+                                    none_ok=True),
+        array_parallelism=_positive_int("slurm.array_parallelism",
+                                        settings["slurm.array_parallelism"], none_ok=True),
+    )
+    return Launch(workers=workers,
+                  trials_per_gpu=_positive_int("trials_per_gpu", settings["trials_per_gpu"]),
+                  launcher=settings["launcher"], slurm=slurm)
+
+
+def _count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{key} must be 0 or a positive integer, got {value!r}")
+    return value
 
 
 def resolve_budget(budget: str, cuda_available: bool | None = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -20,3 +21,26 @@ def unknown_choice(kind: str, name: object, choices: Iterable[str]) -> UserError
     hint = difflib.get_close_matches(str(name), choices, n=1)
     maybe = f" (did you mean '{hint[0]}'?)" if hint else ""
     return UserError(f"unknown {kind} '{name}'{maybe}; choose one of: {', '.join(choices)}")
+
+
+def error_line(exc: BaseException) -> str:
+    """Return ``error: <message>`` on one line, however many lines the message had."""
+    return "error: " + " ".join(str(exc).split())
+
+
+def crash_line(exc: BaseException, program: str) -> str:
+    """Save the traceback of an unexpected exception to a file; return one line that names it.
+
+    The last resort of the command-line entry points: a person sees what failed and where the
+    details are, not a page of traceback.
+    """
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = Path(tempfile.gettempdir()) / f"{program}-crash-{stamp}-{os.getpid()}.log"
+    log.write_text("".join(traceback.format_exception(exc)))
+    return (f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+            f"(traceback in {log}; please report it)")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# How a batch of images becomes logits at evaluation: (model, images) -> logits. Evaluation hooks
+# (harness.hooks) replace the plain forward, e.g. to average the logits of several views.
+Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def plain_infer(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Return ``model(images)``: one forward pass, the default way to evaluate."""
+    return model(images)
 
 
 @dataclass(frozen=True)
@@ -33,8 +42,13 @@ class Evaluation:
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int,
             autocast_dtype: torch.dtype | None = None,
-            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Return the float32 logits of ``images`` in batches, with the model in eval mode."""
+            memory_format: torch.memory_format = torch.contiguous_format,
+            infer: Infer | None = None) -> torch.Tensor:
+    """Return the float32 logits of ``images`` in batches, with the model in eval mode.
+
+    ``infer`` turns a batch into logits; None is one plain forward pass.
+    """
+    infer = infer or plain_infer
     was_training = model.training
     model.eval()
     outputs = []
@@ -43,7 +57,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int,
         batch = images[start:start + batch_size].contiguous(memory_format=memory_format)
         with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
-            outputs.append(model(batch).float())
+            outputs.append(infer(model, batch).float())
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0, device=images.device)
@@ -71,7 +85,11 @@ def score(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) ->
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              classes: Sequence[str], batch_size: int = 1000,
              autocast_dtype: torch.dtype | None = None,
-             memory_format: torch.memory_format = torch.contiguous_format) -> Evaluation:
-    """Evaluate ``model`` on a labelled set held as tensors on the model's device."""
-    logits = predict(model, images, batch_size, autocast_dtype, memory_format)
+             memory_format: torch.memory_format = torch.contiguous_format,
+             infer: Infer | None = None) -> Evaluation:
+    """Evaluate ``model`` on a labelled set held as tensors on the model's device.
+
+    ``infer`` turns a batch into logits; None is one plain forward pass.
+    """
+    logits = predict(model, images, batch_size, autocast_dtype, memory_format, infer)
     return score(logits, labels, classes)

@@ -8,7 +8,7 @@ Keys:
     parent: The study's parent run id, when the experiment holds several; default: the newest.
 
 Writes configs.csv, effects.csv, interactions.csv, verdict.md and two figures (see
-:mod:`harness.report_writer`), prints the verdict and the paths. A mistake in the arguments or a
+:mod:`harness.report`), prints the verdict and the paths. A mistake in the arguments or a
 missing study or store ends with one ``error:`` line on stderr and exit code 2.
 """
 
@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.errors import UserError, unknown_choice
+from harness.errors import UserError, crash_line, error_line, unknown_choice
 
 DEFAULTS = {
     "study": None,
@@ -97,27 +97,27 @@ def export(argv: list[str]) -> str:
     """
     args = parse_args(argv)
     budget = resolve_budget(args["budget"])
+    from harness.preflight import check_export
+
+    check_export(args["tracking_uri"], args["out"])
     tracking_uri = readable_tracking_uri(args["tracking_uri"])
     for noisy in ("alembic", "mlflow.store.db.utils"):  # schema chatter at INFO on every open
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from harness.report import format_verdict, load_runs, pareto_verdict
-    from harness.report_writer import write_report
+    from harness.report import build_report
 
-    runs, meta = load_runs(tracking_uri, args["study"], budget, parent_run_id=args["parent"])
     out_dir = Path(args["out"] or Path("exports") / f"{args['study']}-{budget}")
-    paths = write_report(runs, meta, out_dir)
-    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"],
-                             planned=meta.get("configs"))
+    report = build_report(tracking_uri, args["study"], budget, out_dir, args["parent"])
+    meta = report.meta
     others = meta["n_parents"] - 1
     also = f"; {others} other parent run(s) there, choose with parent=RUN_ID" if others else ""
     lines = [
-        f"Study {meta['experiment']}: {len(runs)} trial runs of parent run "
+        f"Study {meta['experiment']}: {meta['n_runs']} trial runs of parent run "
         f"{meta['parent_run_id']} at {tracking_uri}{also}",
-        format_verdict(verdict),
+        report.text,
         "",
-        f"Wrote {len(paths)} files to {out_dir}:",
-        *(f"  {path}" for path in paths.values()),
+        f"Wrote {len(report.paths)} files to {out_dir}:",
+        *(f"  {path}" for path in report.paths.values()),
     ]
     return "\n".join(lines)
 
@@ -134,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = export(sys.argv[1:] if argv is None else argv)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
+        print(crash_line(exc, "harness.export"), file=sys.stderr)
+        return 1
     print(text)
     return 0
 

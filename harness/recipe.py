@@ -16,6 +16,8 @@ from typing import Any
 
 from harness.errors import UserError, unknown_choice
 
+CROP_FILLS = ("zeros", "reflect")  # what fills the padding of a random crop
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -58,6 +60,8 @@ class OptimizerSpec:
     eps: float = 1e-8
     weight_decay: float = 5e-4
     decay_excludes: tuple[str, ...] = ()  # parameter kinds without weight decay: bias, norm
+    # lr multiplier of the biases (β) of norm layers; their decay per step stays as it was
+    norm_bias_lr_factor: float = 1.0
 
     @property
     def effective_lr(self) -> float:
@@ -70,16 +74,17 @@ class LossSpec:
     """The training loss."""
 
     name: str = "cross_entropy"
-    smoothing: float = 0.0  # target smoothing, read by losses that use it
+    smoothing: float = 0.0  # ε: targets become (1-ε)·target + ε/classes; 0 leaves them as they are
 
 
 @dataclass(frozen=True)
 class ScheduleSpec:
     """The learning-rate schedule, stepped once per optimizer step."""
 
-    name: str = "constant"  # constant | warmup_cosine
+    name: str = "constant"  # constant | warmup_cosine | one registered by a trick
     warmup_epochs: float = 0.0
-    final_lr_fraction: float = 0.0  # where cosine ends, as a fraction of the peak lr
+    start_lr_fraction: float = 0.0  # where a linear warmup starts, as a fraction of the peak lr
+    final_lr_fraction: float = 0.0  # where the decay ends, as a fraction of the peak lr
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,8 @@ class AugmentSpec:
     """Batched, on-device augmentations applied to training batches only."""
 
     ops: tuple[str, ...] = ()  # e.g. ("crop", "flip")
-    crop_padding: int = 4  # pixels of zero padding around the image before a random crop
+    crop_padding: int = 4  # pixels of padding around the image before a random crop
+    crop_fill: str = "zeros"  # zeros (the mean colour, as images are normalised) | reflect
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,13 @@ class TrainerSpec:
     grad_accum: int = 1  # optimizer steps every this many batches
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     compile: bool = False  # torch.compile the model (CUDA only; ignored elsewhere)
+    # Devices that train one run together with DDP (GPUs, or CPU ranks with gloo); batch_size
+    # is the global batch, split across them, and the lr is left as it is.
+    devices: int = 1
+    sync_bn: bool = False  # with devices > 1: BatchNorm statistics over the global batch
+    # Step hooks by registered name (harness.hooks), in order, each with the numbers it reads,
+    # e.g. {"NAME": {"decay": 0.999}}. Empty: the loop runs no hook at all.
+    hooks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,7 +141,7 @@ class Recipe:
         out: dict[str, Any] = {}
 
         def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:
                 for key, inner in value.items():
                     walk(f"{prefix}.{key}" if prefix else key, inner)
             else:
@@ -143,15 +156,18 @@ class Recipe:
         return _build(cls, values, "")
 
 
-# The parts of a recipe a trick may change, one function per part (see harness.tricks).
+# The parts of a recipe a trick may change (see harness.tricks).
 SECTIONS = ("data", "model", "optimizer", "loss", "schedule", "augment", "trainer")
 
 
-def replace_section(recipe: Recipe, section: str, **changes: Any) -> Recipe:
-    """Return ``recipe`` with fields of one section changed, e.g. ``("model", width=16)``."""
-    return dataclasses.replace(
-        recipe, **{section: dataclasses.replace(getattr(recipe, section), **changes)}
-    )
+def field_types(section: str) -> dict[str, Any]:
+    """Return ``{field: annotated type}`` of one recipe section, e.g. of ``"model"``."""
+    return typing.get_type_hints(typing.get_type_hints(Recipe)[section])
+
+
+def coerce(hint: Any, value: Any, path: str) -> Any:
+    """Convert ``value`` to the annotated type ``hint``, or raise a UserError naming ``path``."""
+    return _coerce(hint, value, path)
 
 
 def validate(recipe: Recipe) -> None:
@@ -161,6 +177,7 @@ def validate(recipe: Recipe) -> None:
         "trainer.batch_size": recipe.trainer.batch_size,
         "trainer.eval_batch_size": recipe.trainer.eval_batch_size,
         "trainer.grad_accum": recipe.trainer.grad_accum,
+        "trainer.devices": recipe.trainer.devices,
         "model.width": recipe.model.width,
     }
     for key, value in positive.items():
@@ -173,6 +190,9 @@ def validate(recipe: Recipe) -> None:
     }.items():
         if value is not None and value <= 0:
             raise UserError(f"{key} must be a positive integer or null for all, got {value}")
+    if recipe.trainer.batch_size < 2 * recipe.trainer.devices:
+        raise UserError(f"trainer.batch_size={recipe.trainer.batch_size} leaves some of the "
+                        f"{recipe.trainer.devices} devices under 2 images a batch")
     if recipe.data.val_size < 0:
         raise UserError(f"data.val_size must be 0 or more, got {recipe.data.val_size}")
     if recipe.optimizer.effective_lr <= 0:
@@ -181,6 +201,11 @@ def validate(recipe: Recipe) -> None:
         raise UserError("optimizer.weight_decay must be 0 or more")
     if not 0.0 <= recipe.loss.smoothing < 1.0:
         raise UserError(f"loss.smoothing must be in [0, 1), got {recipe.loss.smoothing}")
+    if recipe.optimizer.norm_bias_lr_factor <= 0:
+        raise UserError("optimizer.norm_bias_lr_factor must be positive, got "
+                        f"{recipe.optimizer.norm_bias_lr_factor}")
+    if recipe.augment.crop_fill not in CROP_FILLS:
+        raise unknown_choice("augment.crop_fill", recipe.augment.crop_fill, CROP_FILLS)
     if recipe.trainer.precision not in ("auto", "fp32", "bf16"):
         raise unknown_choice("trainer.precision", recipe.trainer.precision,
                              ["auto", "fp32", "bf16"])
@@ -236,7 +261,10 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin in (Mapping, dict) or hint is Mapping:
         if not isinstance(value, Mapping):
             raise UserError(f"{path} must be a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        inner = args[1] if len(args) == 2 else Any
+        if inner is str:  # toggles: option names, whatever YAML made of them
+            return {str(k): str(v) for k, v in value.items()}
+        return {str(k): _coerce(inner, v, f"{path}.{k}") for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from harness.errors import unknown_choice
 
@@ -17,9 +17,13 @@ class Registry(Generic[T]):
         kind: What the entries are, for error messages ("stem", "optimizer", ...).
     """
 
+    # Every registry ever made, so tests can walk them all (e.g. for the names tricks add).
+    instances: ClassVar[list[Registry]] = []
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        Registry.instances.append(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Return a decorator that stores its argument under ``name``."""

@@ -10,16 +10,23 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harness.config import RunConfig, build_config, help_text
-from harness.errors import UserError
-from harness.study import StudyOutcome, StudyRunner, config_label, planned_trials
+from harness.errors import UserError, crash_line, error_line
+from harness.preflight import check_run
+from harness.study import config_label
 from harness.train import device_name, resolve_device
 from harness.tricks import describe_tricks
 
+if TYPE_CHECKING:  # the runner pulls in MLflow, which --help and --dry-run do not need
+    from harness.study.runner import StudyOutcome
+
 FLAGS = ("--help", "-h", "--list-tricks", "--dry-run")
+EXIT_CRASHED = 1  # a trial crashed or a worker died; the rest of the study still ran
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_UNEXPECTED = 1  # an exception no check foresaw: one line, the traceback in a file
 
 
 def headline(cfg: RunConfig, requested_budget: str) -> str:
@@ -40,10 +47,10 @@ def describe_plan(cfg: RunConfig) -> str:
     if cfg.fixed:
         lines.append("fixed: " + config_label(cfg.fixed))
     if cfg.study.kind == "grid":
-        trials = planned_trials(cfg)
-        for index, (toggles, seed) in enumerate(trials):
-            lines.append(f"  {index:>3}  {config_label(toggles)}  seed={seed}")
-        lines.append(f"{len(trials)} trials would run (finished ones are skipped on a re-run)")
+        cells = cfg.plan().cells()
+        for index, cell in enumerate(cells):
+            lines.append(f"  {index:>3}  {config_label(cell.toggles)}  seed={cell.seed}")
+        lines.append(f"{len(cells)} trials would run (finished ones are skipped on a re-run)")
     else:
         for name, options in cfg.factors.items():
             lines.append(f"  {name}: {options}")
@@ -102,13 +109,19 @@ def run(argv: Sequence[str]) -> int:
         print(describe_tricks())
         return 0
     cfg = build_config(overrides)
+    check_run(cfg)  # before any data is read or store opened, --dry-run included
     requested = next((o.split("=", 1)[1] for o in overrides if o.startswith("budget=")), "auto")
     print(headline(cfg, requested), flush=True)
     if "--dry-run" in flags:
         print(describe_plan(cfg))
         return 0
-    runner = StudyRunner(cfg)
-    outcome = runner.run()
+    from harness.study.launchers import run_study
+
+    outcome = run_study(cfg.plan(), cfg.launch)
+    for lost in outcome.lost_workers:
+        print(f"warning: {lost}", file=sys.stderr)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
     if outcome.trials:
         print(results_table(outcome))
         text = best_trial_text(outcome)
@@ -119,7 +132,10 @@ def run(argv: Sequence[str]) -> int:
     from harness.study_report import report_study
 
     report_study(cfg, outcome)
-    return 0
+    if outcome.still_running:
+        print(f"{outcome.still_running} trial(s) still run in other commands; the report covers "
+              f"what has finished")
+    return EXIT_CRASHED if outcome.crashed or outcome.lost_workers else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,12 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(list(sys.argv[1:] if argv is None else argv))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted: the trial in flight is marked KILLED; run the same command again "
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
+        print(crash_line(exc, "harness.run"), file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

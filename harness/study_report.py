@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from harness.config import RunConfig
-from harness.study import StudyOutcome
+from harness.study.runner import StudyOutcome
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -23,21 +23,17 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
         The folder the CSVs were written to, or None when no trial has finished yet.
     """
     from harness.errors import UserError
-    from harness.report import format_verdict, load_runs, pareto_verdict
-    from harness.report_writer import log_report_to_mlflow, write_report
+    from harness.report import build_report
 
     tracking_uri = outcome.tracking_uri
+    out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
     try:
-        runs, meta = load_runs(tracking_uri, cfg.study.name, cfg.budget,
-                               parent_run_id=outcome.parent_run_id)
-    except UserError as exc:  # e.g. every trial crashed: the study itself still ran
+        report = build_report(tracking_uri, cfg.study.name, cfg.budget, out_dir,
+                              outcome.parent_run_id, log_to_mlflow=True)
+    except UserError as exc:  # e.g. no trial has started: the study itself still ran
         print(f"no report: {exc}")
         return None
-    out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
-    paths = write_report(runs, meta, out_dir)
-    log_report_to_mlflow(paths, outcome.parent_run_id, tracking_uri)
-    verdict = pareto_verdict(runs, meta["factors"], meta["defaults"],
-                             planned=meta.get("configs"))
+    paths, verdict = report.paths, report.verdict
     # Summary numbers on the parent fill its row in the MLflow runs table.
     summary = {"best_test_acc": verdict.best_acc, "baseline_test_acc": verdict.baseline_acc,
                "gain_points": verdict.total_gain, "trick_set_share": verdict.chosen_share,
@@ -45,7 +41,7 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
     Tracker(tracking_uri).log_metrics(
         outcome.parent_run_id, {k: v for k, v in summary.items() if math.isfinite(v)})
     print()
-    print(format_verdict(verdict))
+    print(report.text)
     print(f"\nreport: {out_dir}/ ({', '.join(p.name for p in paths.values())}), also logged "
           f"to the parent run {outcome.parent_run_id} in MLflow experiment "
           f"'{outcome.experiment}'")

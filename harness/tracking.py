@@ -23,12 +23,14 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from harness.errors import UserError
+from harness.locks import FileLock
 
 # MLflow's client retries an unreachable server for minutes; a person wants to know at once.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 # Schema set-up chatter that MLflow logs at INFO on every new SQLite store.
@@ -57,8 +59,9 @@ class Tag:
     TOGGLES = "harness.toggles"  # JSON: trick → option of this trial
     SEED = "harness.seed"  # the replicate seed the user asked for (seeds=[0,1,2])
     TORCH_SEED = "harness.torch_seed"  # the seed the run actually used, derived (see study)
-    CONFIG = "harness.config"  # "stem=deep,init=xavier": the config's label
+    CONFIG = "harness.config"  # "TRICK=OPTION,...": the config's label
     TRIAL = "harness.trial"  # Optuna trial number
+    WORKER = "harness.worker"  # which worker of its command ran the trial (0, 1, ...)
     DEVICE = "harness.device"
     DATASET_DIGEST = "harness.dataset_digest"
     FAILURE = "harness.failure"  # diverged | crashed | pruned | interrupted | stale
@@ -119,10 +122,19 @@ class Tracker:
 
     def __init__(self, tracking_uri: str) -> None:
         self.uri = check_tracking_uri(tracking_uri)
-        self.client = MlflowClient(self.uri)
+        if self.uri.startswith("sqlite:///"):
+            # MLflow creates and migrates a fresh SQLite schema when a client first opens it;
+            # two processes doing that at once crash (sqlalchemy CircularDependencyError).
+            with FileLock(self.uri.removeprefix("sqlite:///") + ".lock"):
+                self.client = MlflowClient(self.uri)
+        else:
+            self.client = MlflowClient(self.uri)
 
     def experiment(self, name: str) -> str:
-        """Return the id of experiment ``name``, creating it (artifacts beside the DB)."""
+        """Return the id of experiment ``name``, creating it (artifacts beside the DB).
+
+        Another process may create it at the same moment; then its id is returned.
+        """
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
@@ -132,7 +144,12 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             db = Path(self.uri.removeprefix("sqlite:///"))
             location = (db.parent / "artifacts" / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def parent_run(self, experiment_id: str, study_key: str, name: str,
                    tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
@@ -205,14 +222,13 @@ class Tracker:
         """Close a run as FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
 
-    def close_if_running(self, run_ids: Iterable[str], reason: str) -> int:
-        """Mark runs still RUNNING as KILLED with ``reason``; return how many were closed."""
+    def close_if_running(self, run_ids: Iterable[str], failure: str, reason: str) -> int:
+        """Mark runs still RUNNING as KILLED with a failure and its reason; return how many."""
         closed = 0
-        for run_id in run_ids:
+        for run_id in filter(None, run_ids):
             try:
                 if self.client.get_run(run_id).info.status == "RUNNING":
-                    self.set_tags(run_id, {Tag.FAILURE: "interrupted",
-                                           Tag.FAILURE_REASON: reason})
+                    self.set_tags(run_id, {Tag.FAILURE: failure, Tag.FAILURE_REASON: reason})
                     self.end(run_id, "KILLED")
                     closed += 1
             except Exception:  # noqa: BLE001 - a run deleted by hand is nothing to repair

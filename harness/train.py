@@ -3,6 +3,9 @@
 The data already sits on the device, normalised (``harness.data.prepare_data``), so a step is an
 index, an optional batched augmentation, a forward and a backward: no DataLoader, no PIL. On CUDA
 the loop uses bf16 autocast and channels_last; on the CPU it uses every core and is deterministic.
+Tricks that act inside a step do so through the recipe's hooks (``harness.hooks``); a stage no
+hook uses is skipped at no cost. ``trainer.devices=N`` trains one run on N devices with DDP
+(``harness.distributed``); with one device none of that code runs.
 """
 
 from __future__ import annotations
@@ -20,10 +23,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness.data import PreparedData, augment, iterate_batches
-from harness.evaluate import evaluate
+from harness import distributed
+from harness.data import PreparedData, augment, shuffled_rows
+from harness.distributed import Group
+from harness.divergence import DivergenceWatch
+from harness.evaluate import Evaluation, Infer, evaluate, predict, score
+from harness.hooks import HookContext, build_hooks, evaluation_infer
 from harness.losses import build_loss
 from harness.models import build_model
 from harness.optimizers import build_optimizer
@@ -34,8 +42,8 @@ from harness.schedules import build_schedule
 # to stop the run, e.g. optuna.TrialPruned; the exception reaches the caller of ``fit``.
 EpochCallback = Callable[[int, dict[str, float]], None]
 
-# How often the loop looks at the loss for NaN/inf, in steps. Each look is a device sync on CUDA,
-# so not every step; a NaN stays NaN in the running sum, so none is missed.
+# How often the loop looks at the loss for NaN/inf, in steps; a NaN stays NaN in the running sum,
+# so none is missed. On one CUDA device a look does not wait for the GPU (harness.divergence).
 _DIVERGENCE_CHECK_STEPS = 25
 
 
@@ -79,7 +87,14 @@ class Placement:
 
 @dataclass
 class TrainResult:
-    """What ``fit`` returns: the model and how the run went."""
+    """What ``fit`` returns: the model and how the run went.
+
+    ``model`` is the module the run's evaluation uses, and the one to checkpoint: the trained
+    network, or what the hooks evaluate in its place (e.g. its averaged weights). It has the
+    same architecture and state_dict keys as the trained network. ``infer`` is how evaluation
+    turns images into logits (None: one forward pass); :meth:`evaluate` and :meth:`predict`
+    apply it.
+    """
 
     model: nn.Module
     placement: Placement
@@ -88,6 +103,19 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # time in training steps, without the per-epoch val evaluation
     images_seen: int = 0
+    infer: Infer | None = None
+    eval_batch_size: int = 1000
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the float32 logits of ``images`` as the run evaluates them."""
+        return predict(self.model, images, self.eval_batch_size, self.placement.autocast_dtype,
+                       self.placement.memory_format, self.infer)
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor,
+                 classes: Sequence[str]) -> Evaluation:
+        """Score the run's model on a labelled set, with the run's evaluation hooks."""
+        return evaluate(self.model, images, labels, classes, self.eval_batch_size,
+                        self.placement.autocast_dtype, self.placement.memory_format, self.infer)
 
     @property
     def epochs_completed(self) -> int:
@@ -148,26 +176,46 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
 
     Returns:
         The trained model and the run's status and per-epoch history. A loss that turns NaN or
-        inf ends the run with status ``diverged``; it does not raise.
+        inf ends the run with status ``diverged``; it does not raise. With
+        ``trainer.devices=N`` the ranks train and this process runs the callbacks; the result
+        is the same as on one device, its model on ``device``.
     """
     device = resolve_device(device) if isinstance(device, str) else device
+    group = distributed.current_group()
+    if recipe.trainer.devices > 1 or group.active:
+        distributed.check_devices(recipe.trainer, device, group)
+    if recipe.trainer.devices > 1 and not group.active:
+        return _fit_on_devices(recipe, data, device, callbacks, progress, description)
     if device.type == "cpu":
-        torch.set_num_threads(usable_cores())
+        # Ranks on one machine share its cores.
+        torch.set_num_threads(max(1, usable_cores() // group.size))
         keep_freed_memory()
     placement = Placement.for_recipe(recipe, device)
     seed_everything(recipe.seed)
     generator = torch.Generator(device=data.train_x.device).manual_seed(recipe.seed)
 
-    model = build_model(recipe.model, data.num_classes, data.in_channels, data.image_size)
+    model = build_model(recipe.model, data.num_classes, data.in_channels, data.image_size,
+                        sample=data.train_x)
     model = model.to(device, memory_format=placement.memory_format)
-    optimizer = build_optimizer(model, recipe.optimizer)
-    loss_fn = build_loss(recipe.loss)
     trainer = recipe.trainer
+    if group.active and trainer.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     batches_per_epoch = math.ceil(len(data.train_y) / trainer.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / trainer.grad_accum)
-    schedule = build_schedule(recipe.schedule, steps_per_epoch * trainer.epochs, steps_per_epoch)
+    total_steps = steps_per_epoch * trainer.epochs
+    hooks = build_hooks(recipe, HookContext(model, data.num_classes, generator,
+                                            len(data.train_y), steps_per_epoch, total_steps))
+    optimizer = hooks.wrap_optimizer(build_optimizer(model, recipe.optimizer))
+    loss_fn = hooks.wrap_loss(build_loss(recipe.loss))
+    transform_batch, after_step = hooks.transform_batch, hooks.after_step
+    schedule = build_schedule(recipe.schedule, total_steps, steps_per_epoch)
     peak_lrs = [group["lr"] for group in optimizer.param_groups]
     forward = model
+    if group.active:
+        # DDP averages the gradients over the ranks; the loss below is scaled so that average
+        # is the global batch's mean gradient even when the shares differ by a row.
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                          else None)
     if trainer.compile and device.type == "cuda":
         forward = torch.compile(model)
 
@@ -175,7 +223,8 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
     # A disabled torch.autocast still costs microseconds a step; fp32 runs skip it entirely.
     autocast = (functools.partial(torch.autocast, device.type, dtype=placement.autocast_dtype)
                 if placement.autocast_dtype is not None else contextlib.nullcontext)
-    result = TrainResult(model=model, placement=placement, status="finished")
+    result = TrainResult(model=model, placement=placement, status="finished", infer=hooks.infer,
+                         eval_batch_size=trainer.eval_batch_size)
     epoch_bar = tqdm(range(1, trainer.epochs + 1), desc=description, unit="epoch",
                      disable=not progress, leave=False, dynamic_ncols=True)
     step = 0
@@ -188,35 +237,56 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
                          unit="img", unit_scale=True, disable=not progress, leave=False,
                          dynamic_ncols=True)
         started = time.perf_counter()
-        batches = iterate_batches(data.train_x, data.train_y, trainer.batch_size, shuffle=True,
-                                  generator=generator)
-        for index, (images, labels) in enumerate(batches):
-            if len(labels) == 1 and index > 0:
-                # Batch norm cannot train on one image: the odd one out of this epoch's shuffle
-                # is left for the next; gradients already accumulated still take their step.
+        watch = DivergenceWatch(device, _DIVERGENCE_CHECK_STEPS)
+        batches = shuffled_rows(len(data.train_y), trainer.batch_size, generator,
+                                data.train_x.device)
+        for index, rows in enumerate(batches):
+            if len(rows) < 2 * group.size and index > 0:
+                # Batch norm cannot train on one image (per rank): the odd ones out of this
+                # epoch's shuffle are left for the next; gradients already accumulated still
+                # take their step.
                 if index % trainer.grad_accum:
-                    step = _optimizer_step(optimizer, schedule, peak_lrs, step)
+                    step = _optimizer_step(optimizer, schedule, peak_lrs, step, after_step)
                 break
+            images, labels = data.train_x.index_select(0, rows), data.train_y.index_select(0, rows)
             if recipe.augment.ops:
                 images = augment(images, recipe.augment, generator)
+            targets = labels  # a batch hook may make them soft; accuracy counts the labels
+            if transform_batch is not None:
+                images, targets = transform_batch(images, labels, rows, epoch)
+            if group.active:
+                # Every rank drew the same global batch; each trains on its own slice of it.
+                start, stop = group.bounds(len(rows))
+                images, targets = images[start:stop], targets[start:stop]
+                labels = labels[start:stop]
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 logits = forward(images)
-                loss = loss_fn(logits, labels)
-            (loss / trainer.grad_accum if trainer.grad_accum > 1 else loss).backward()
+                loss = loss_fn(logits, targets)
+            scale = trainer.grad_accum * (len(rows) / (len(labels) * group.size))
+            (loss / scale if scale != 1 else loss).backward()
             if (index + 1) % trainer.grad_accum == 0 or index + 1 == batches_per_epoch:
-                step = _optimizer_step(optimizer, schedule, peak_lrs, step)
+                step = _optimizer_step(optimizer, schedule, peak_lrs, step, after_step)
             loss_sum += loss.detach().float() * len(labels)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(labels)
             batch_bar.update(len(labels))
-            if index % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum).item():
+            if group.active:
+                # Ranks must agree on when to stop, so they look together, synchronously.
+                if index % _DIVERGENCE_CHECK_STEPS == 0 and group.any(
+                        not torch.isfinite(loss_sum).item(), device):
+                    break
+            elif watch.diverged(index, loss_sum):
                 break
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
         batch_bar.close()
+        if group.active:
+            totals = group.sum(torch.stack([loss_sum, correct.to(loss_sum), loss_sum.new_tensor(
+                float(seen))]))
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         result.train_seconds += elapsed
         result.images_seen += seen
         train_loss = loss_sum.item() / max(seen, 1)
@@ -225,7 +295,8 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
             result.reason = (f"training loss became {train_loss} in epoch {epoch} after "
                              f"{seen} images (lr {recipe.optimizer.effective_lr:g})")
             break
-        metrics = _epoch_metrics(model, data, placement, trainer.eval_batch_size)
+        result.model = hooks.evaluation_model(model)
+        metrics = _epoch_metrics(result, data, group)
         metrics.update(
             epoch=float(epoch),
             train_loss=train_loss,
@@ -236,29 +307,78 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
         )
         result.history.append(metrics)
         epoch_bar.set_postfix(_postfix(metrics))
-        for callback in callbacks:
-            callback(epoch, metrics)
+        _run_callbacks(callbacks, epoch, metrics, group, device)
     epoch_bar.close()
+    result.model = hooks.evaluation_model(model)
     return result
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
-                    peak_lrs: list[float], step: int) -> int:
-    """Set the scheduled lr, step, clear the gradients; return the next step number."""
+                    peak_lrs: list[float], step: int,
+                    after_step: Callable[[int], None] | None) -> int:
+    """Set the scheduled lr, step, clear the gradients, run the after-step hooks.
+
+    Returns:
+        The number of steps taken so far.
+    """
     multiplier = schedule(step)
     for group, peak in zip(optimizer.param_groups, peak_lrs):
         group["lr"] = peak * multiplier
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if after_step is not None:
+        after_step(step + 1)
     return step + 1
 
 
-def _epoch_metrics(model: nn.Module, data: PreparedData, placement: Placement,
-                   batch_size: int) -> dict[str, Any]:
+def _run_callbacks(callbacks: Sequence[EpochCallback], epoch: int, metrics: dict[str, float],
+                   group: Group, device: torch.device) -> None:
+    """Run the callbacks on rank 0; a callback that raises stops every rank."""
+    if not group.active:
+        for callback in callbacks:
+            callback(epoch, metrics)
+        return
+    stop: BaseException | None = None
+    if group.leader:
+        try:
+            for callback in callbacks:
+                callback(epoch, metrics)
+        except Exception as error:  # noqa: BLE001 - re-raised below, once every rank knows
+            stop = error
+    if group.any(stop is not None, device):
+        raise stop if stop is not None else distributed.StoppedByLeader(f"epoch {epoch}")
+
+
+def _fit_on_devices(recipe: Recipe, data: PreparedData, device: torch.device,
+                    callbacks: Sequence[EpochCallback], progress: bool,
+                    description: str) -> TrainResult:
+    """Train on ``trainer.devices`` ranks and rebuild their result here, on ``device``."""
+    finished, stopped = distributed.fit_on_devices(fit, recipe, data, device, callbacks,
+                                                   progress, description)
+    if stopped is not None:
+        raise stopped
+    placement = Placement.for_recipe(recipe, device)
+    model = build_model(recipe.model, data.num_classes, data.in_channels, data.image_size)
+    model.load_state_dict(distributed.load_state(finished))
+    model = model.to(device, memory_format=placement.memory_format)
+    return TrainResult(model=model, placement=placement, status=finished.status,
+                       reason=finished.reason, history=finished.history,
+                       train_seconds=finished.train_seconds, images_seen=finished.images_seen,
+                       infer=evaluation_infer(recipe, model, data.num_classes),
+                       eval_batch_size=recipe.trainer.eval_batch_size)
+
+
+def _epoch_metrics(result: TrainResult, data: PreparedData, group: Group) -> dict[str, Any]:
     if len(data.val_y) == 0:
         return {}
-    scores = evaluate(model, data.val_x, data.val_y, data.classes, batch_size,
-                      placement.autocast_dtype, placement.memory_format)
+    if group.active:
+        # Each rank scores its share of the validation set; the gathered logits are scored
+        # whole, so the metrics are those of one device.
+        start, stop = group.bounds(len(data.val_y))
+        logits = group.gather_rows(result.predict(data.val_x[start:stop]), len(data.val_y))
+        scores = score(logits, data.val_y, data.classes)
+    else:
+        scores = result.evaluate(data.val_x, data.val_y, data.classes)
     return {"val_loss": scores.loss, "val_acc": scores.accuracy}
 
 

@@ -5,29 +5,45 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from harness.checkpoint import save_checkpoint
 from harness.data import PreparedData
 from harness.evaluate import Evaluation, predict
 from harness.figures import confusion_figure, per_class_figure, predictions_figure
 from harness.recipe import Recipe
+from harness.run_metrics import Metric
 from harness.tracking import Tracker, temporary_dir
 from harness.train import TrainResult
 
 PREVIEW_IMAGES = 32  # test images shown with their predictions, like the seed's show_image
 
 
+def preview_indices(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Return ``count`` test indices taken in turn from each class, so every class is shown.
+
+    An ImageFolder lists its images class by class; the first ``count`` would all be one class.
+    """
+    per_class = [torch.nonzero(labels == label).flatten() for label in torch.unique(labels)]
+    rounds = max((len(indices) for indices in per_class), default=0)
+    chosen = [indices[turn] for turn in range(rounds) for indices in per_class
+              if turn < len(indices)]
+    return torch.stack(chosen[:count]) if chosen else torch.zeros(0, dtype=torch.long)
+
+
 def final_metrics(result: TrainResult, test: Evaluation) -> dict[str, float]:
     """Return the run's summary metrics: test scores, per-class accuracy and cost."""
     metrics = {
-        "test_acc": test.accuracy,
-        "test_loss": test.loss,
-        "train_seconds": result.train_seconds,
-        "epochs_completed": float(result.epochs_completed),
-        "images_per_sec_mean": result.images_per_second,
+        Metric.TEST_ACC: test.accuracy,
+        Metric.TEST_LOSS: test.loss,
+        Metric.TEST_IMAGES: float(test.count),
+        Metric.TRAIN_SECONDS: result.train_seconds,
+        Metric.EPOCHS: float(result.epochs_completed),
+        Metric.IMAGES_PER_SEC: result.images_per_second,
     }
     for name, accuracy in test.per_class_accuracy.items():
         if not math.isnan(accuracy):
-            metrics[f"test_acc_{name}"] = accuracy
+            metrics[f"{Metric.PER_CLASS_PREFIX}{name}"] = accuracy
     if result.history:
         last = result.history[-1]
         for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
@@ -42,8 +58,8 @@ def log_trial_outcome(tracker: Tracker, run_id: str, recipe: Recipe, data: Prepa
     tracker.log_metrics(run_id, final_metrics(result, test), step=result.epochs_completed)
     tracker.log_figure(run_id, confusion_figure(test), "figures/confusion_matrix.png")
     tracker.log_figure(run_id, per_class_figure(test), "figures/per_class_accuracy.png")
-    images = data.test_x[:PREVIEW_IMAGES]
-    labels = data.test_y[:PREVIEW_IMAGES]
+    shown = preview_indices(data.test_y.cpu(), PREVIEW_IMAGES).to(data.test_y.device)
+    images, labels = data.test_x[shown], data.test_y[shown]
     predicted = predict(result.model, images, PREVIEW_IMAGES, result.placement.autocast_dtype,
                         result.placement.memory_format).argmax(dim=1)
     tracker.log_figure(run_id, predictions_figure(images.cpu(), labels.cpu(), predicted.cpu(),

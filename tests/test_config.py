@@ -3,7 +3,7 @@ import pytest
 from harness.config import build_config, help_text, parse_overrides
 from harness.errors import UserError
 from harness.run import describe_plan, main
-from harness.studies import list_studies, parse_study
+from harness.study import list_studies, parse_study
 
 
 def test_hydra_syntax_values_are_typed():

@@ -43,6 +43,16 @@ def test_crop_keeps_shape_and_shifts_each_image_differently() -> None:
     assert torch.equal(x, batch(64, height=8, width=6)), "the input is left alone"
 
 
+def test_reflect_fill_crops_windows_of_the_mirrored_border() -> None:
+    x = batch(64, height=8, width=6)
+    spec = AugmentSpec(ops=("crop",), crop_padding=2, crop_fill="reflect")
+    out = augment(x, spec, generator())
+    padded = F.pad(x[:1], (2, 2, 2, 2), mode="reflect")[0]
+    assert all(any(torch.equal(image, padded[:, dy:dy + 8, dx:dx + 6])
+                   for dy in range(5) for dx in range(5)) for image in out)
+    assert not (out == 0).any(), "no zeros come in from the border"
+
+
 def test_crop_without_padding_is_identity() -> None:
     x = batch()
     assert torch.equal(augment(x, AugmentSpec(ops=("crop",), crop_padding=0), generator()), x)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from harness.evaluate import evaluate, score
+from harness.evaluate import evaluate, predict, score
 
 
 def test_scores_from_known_logits():
@@ -23,6 +23,23 @@ def test_missing_class_is_nan_not_zero():
     scores = score(torch.eye(3)[[0, 0]], torch.tensor([0, 0]), ["a", "b", "c"])
     assert scores.per_class_accuracy["a"] == 100.0
     assert math.isnan(scores.per_class_accuracy["b"])
+
+
+def test_an_inference_function_replaces_the_forward_pass():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    images, labels = torch.randn(10, 3, 2, 2), torch.randint(0, 4, (10,))
+    seen = []
+
+    def negated(net, batch):
+        seen.append((net.training, len(batch)))
+        return -net(batch)
+
+    plain = predict(model, images, 4)
+    torch.testing.assert_close(predict(model, images, 4, infer=negated), -plain)
+    assert seen == [(False, 4), (False, 4), (False, 2)]
+    scores = evaluate(model, images, labels, list("abcd"), 4, infer=negated)
+    assert scores.accuracy == score(-plain, labels, list("abcd")).accuracy
 
 
 def test_batched_evaluation_matches_one_batch():

@@ -23,7 +23,9 @@ SEEDS = (0, 1)
 
 def _accuracy(stem: str, optimizer: str, seed: int) -> float:
     bonus = 1.0 if (stem, optimizer) == ("deep", "adam") else 0.0  # an interaction
-    return 55.0 + GAIN[stem] + GAIN[optimizer] + bonus + 0.7 * seed
+    # Seed noise of up to 0.4 points that differs between configs, so no pair repeats exactly.
+    wobble = 0.2 * ((seed + 2 * seed * (stem == "deep") + len(optimizer)) % 3)
+    return 55.0 + GAIN[stem] + GAIN[optimizer] + bonus + 0.7 * seed + wobble
 
 
 def _trial(client, experiment_id, parent_id, toggles, seed, status, metrics, failure=None):
@@ -202,7 +204,7 @@ def test_export_prints_the_verdict_and_paths(store, exported):
     text = exported["stdout"]
     assert f"Study tricks-cpu: 13 trial runs of parent run {store['parent_id']}" in text
     assert "1 other parent run(s) there, choose with parent=RUN_ID" in text
-    assert "of the" in text and "-point gain" in text
+    assert "rank  trick      option  call" in text and "undetermined" in text
     assert "1 run(s) crashed" in text
     assert str(exported["out"] / "effects.csv") in text
 
@@ -273,7 +275,7 @@ def test_empty_experiment_is_one_line(store, capsys):
 
 
 def test_log_report_to_mlflow_puts_the_files_under_report(store, exported):
-    from harness.report_writer import log_report_to_mlflow
+    from harness.report import log_report_to_mlflow
 
     out = exported["out"]
     names = ("configs.csv", "effects.csv", "interactions.csv", "verdict.md", "pareto.png")
@@ -282,3 +284,71 @@ def test_log_report_to_mlflow_puts_the_files_under_report(store, exported):
     client = mlflow.MlflowClient(store["uri"])
     logged = sorted(item.path for item in client.list_artifacts(store["parent_id"], "report"))
     assert logged == sorted(f"report/{name}" for name in names)
+
+
+def _study(store, name, factors, trials, kind="grid"):
+    """Log a parent run and its ``trials`` (toggles, seed, status, metrics, failure) as ``name``."""
+    client = mlflow.MlflowClient(store["uri"])
+    experiment_id = client.create_experiment(f"{name}-cpu")
+    parent_id = client.create_run(
+        experiment_id,
+        tags={"harness.role": "parent", "harness.factors": json.dumps(factors),
+              "harness.kind": kind},
+    ).info.run_id
+    for toggles, seed, status, metrics, failure in trials:
+        _trial(client, experiment_id, parent_id, toggles, seed, status, metrics, failure)
+    return name
+
+
+def _exported_text(store, name, tmp_path, capsys) -> str:
+    code = export.main([f"study={name}", "budget=cpu", f"out={tmp_path / name}",
+                        f"tracking_uri={store['uri']}"])
+    assert code == 0
+    return capsys.readouterr().out
+
+
+def test_a_one_config_study_gets_a_sentence(store, tmp_path, capsys):
+    trials = [({"depth": "simplecnn"}, seed, "FINISHED", {"test_acc": 52.0 + seed}, None)
+              for seed in (0, 1)]
+    name = _study(store, "single", {"depth": ["simplecnn"]}, trials)
+    text = _exported_text(store, name, tmp_path, capsys)
+    assert "One config only (depth=simplecnn): 52.5% test accuracy over 2 seed(s)" in text
+    assert "n/a" not in text
+
+
+def test_a_failed_only_study_gets_a_sentence(store, tmp_path, capsys):
+    trials = [({"stem": stem}, 0, "FAILED", {}, "crashed") for stem in ("none", "deep")]
+    name = _study(store, "failed", {"stem": ["none", "deep"]}, trials)
+    text = _exported_text(store, name, tmp_path, capsys)
+    assert "No trial has a result yet: 2 crashed, were pruned or interrupted." in text
+    assert "n/a" not in text
+
+
+def test_a_search_study_names_its_best_trial(store, tmp_path, capsys):
+    trials = [({"stem": stem}, 0, "FINISHED", {"test_acc": acc, "val_acc": acc - 1}, None)
+              for stem, acc in (("none", 50.0), ("deep", 55.0), ("none", 51.0))]
+    name = _study(store, "search", {"stem": ["none", "deep"]}, trials, kind="optuna")
+    text = _exported_text(store, name, tmp_path, capsys)
+    assert "An Optuna search, not a grid, so no option is called: of 3 trials the best is " \
+           "stem=deep at 54.0% validation and 55.0% test accuracy" in text
+
+
+def test_a_live_worker_s_runs_are_running_not_crashed(store, tmp_path, capsys):
+    client = mlflow.MlflowClient(store["uri"])
+    trials = [({"stem": stem}, seed, "FINISHED",
+                {"test_acc": 50.0 + 3 * (stem == "deep") + seed * (1 + (stem == "deep")),
+                 "test_images": 10_000}, None)
+              for stem in ("none", "deep") for seed in (0, 1)]
+    name = _study(store, "live", {"stem": ["none", "deep"]}, trials)
+    experiment = client.get_experiment_by_name("live-cpu")
+    parent = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'parent'")[0]
+    client.create_run(experiment.experiment_id, tags={  # left RUNNING, as a live worker's
+        "mlflow.parentRunId": parent.info.run_id, "harness.role": "trial",
+        "harness.toggles": json.dumps({"stem": "deep"}), "harness.seed": "2"})
+    text = _exported_text(store, name, tmp_path, capsys)
+    assert "1 trial(s) still running elsewhere; the report will be complete when the last " \
+           "worker ends." in text
+    assert "crashed" not in text
+    effects = pd.read_csv(tmp_path / name / "effects.csv")
+    assert effects.loc[0, "call"] == "helps" and effects.loc[0, "ci_source"] == "seeds"
+    assert {"p_value", "p_adjusted", "call"} <= set(effects.columns)

@@ -4,6 +4,9 @@ import torch
 from harness.errors import UserError
 from harness.models import ARCHITECTURES, build_model
 from harness.recipe import ModelSpec
+from harness.tricks import load_tricks
+
+load_tricks()  # architectures from ablations/ too, whatever the order tests are collected in
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())

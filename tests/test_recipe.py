@@ -3,7 +3,7 @@ import json
 import pytest
 
 from harness.errors import UserError
-from harness.recipe import Recipe, replace_section
+from harness.recipe import Recipe
 
 
 def test_round_trip_through_plain_dicts():
@@ -31,6 +31,9 @@ def test_flat_has_one_key_per_leaf():
     ({"optimizer": {"betas": [0.9]}}, "optimizer.betas needs 2 values"),
     ({"trainer": {"precision": "fp8"}}, "unknown trainer.precision 'fp8'"),
     ({"data": {"std": [0.5, 0.0, 0.5]}}, "data.std values must be positive"),
+    ({"augment": {"crop_fill": "wrap"}}, "unknown augment.crop_fill 'wrap'"),
+    ({"optimizer": {"norm_bias_lr_factor": 0}}, "norm_bias_lr_factor must be positive"),
+    ({"trainer": {"hooks": {"a": 1}}}, "trainer.hooks.a must be a mapping"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(values, message):
     with pytest.raises(UserError) as info:
@@ -44,7 +47,9 @@ def test_unknown_key_suggests_the_close_one():
         Recipe.from_dict({"model": {"widht": 8}})
 
 
-def test_replace_section_changes_one_field():
-    recipe = replace_section(Recipe(), "model", width=8)
-    assert recipe.model.width == 8
-    assert recipe.optimizer == Recipe().optimizer
+def test_toggles_stay_option_names_and_hook_settings_become_numbers():
+    recipe = Recipe.from_dict({"toggles": {"label_smoothing": 0.1, "stem": "deep"},
+                               "trainer": {"hooks": {"h": {"k": 2}}}})
+    assert recipe.toggles == {"label_smoothing": "0.1", "stem": "deep"}
+    assert recipe.trainer.hooks == {"h": {"k": 2.0}}
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe

@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 
 from harness import report
-from harness.report_figures import cost_accuracy_chart, pareto_chart, pareto_frontier
-from harness.report_writer import REPORT_FILES, write_report
+from harness.report import stats
+from harness.report.figures import cost_accuracy_chart, pareto_chart, pareto_frontier
+from harness.report.writer import REPORT_FILES, write_report
 
 FACTORS = {"a": ["off", "on"], "b": ["off", "on"], "c": ["off", "on"]}
 DEFAULTS = {trick: options[0] for trick, options in FACTORS.items()}
 SEEDS = (0, 1, 2)
 CLASSES = ("cat", "dog")
+TEST_IMAGES = 10_000  # binomial floor ≈ 0.4-0.5 points per accuracy
 
 
 def accuracy(a: bool, b: bool, c: bool, seed: int) -> float:
@@ -51,6 +53,7 @@ def make_runs(factors=FACTORS, value=None) -> pd.DataFrame:
                 "test_acc_dog": acc - 2.0,
                 "train_seconds": seconds(*on[:3]),
                 "epochs_completed": 3,
+                "test_images": TEST_IMAGES,
                 "device": "cpu",
             }
         )
@@ -69,29 +72,43 @@ def effect(effects: pd.DataFrame, trick: str) -> pd.Series:
 # --- statistics ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "df, expected", [(1, 12.7062047), (2, 4.3026527), (4, 2.7764451), (29, 2.0452296)]
-)
-def test_student_t_quantile_matches_tables(df, expected):
-    assert report.student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
-    assert report.student_t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-6)
-
-
-def test_student_t_quantile_matches_scipy_when_installed():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 3, 7, 15, 60, 500):
-        for p in (0.9, 0.975, 0.995):
-            assert report.student_t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
-
-
 def test_mean_ci95_is_a_t_interval():
     values = [1.0, 2.0, 4.0]
-    mean, low, high, n = report.mean_ci95(values)
-    half = 4.3026527 * np.std(values, ddof=1) / math.sqrt(3)
+    mean, low, high, n = stats.mean_ci95(values)
+    half = 4.3026527 * np.std(values, ddof=1) / math.sqrt(3)  # t(0.975, df=2) from the tables
     assert (mean, n) == (pytest.approx(7 / 3), 3)
     assert (low, high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
-    assert math.isnan(report.mean_ci95([5.0])[1])
-    assert report.mean_ci95([])[3] == 0
+    assert math.isnan(stats.mean_ci95([5.0])[1])
+    assert stats.mean_ci95([])[3] == 0
+
+
+def test_holm_adjusts_step_down_and_its_intervals_agree():
+    adjusted, level = stats.holm([0.01, 0.04, 0.03, math.nan, 0.5])
+    # m = 4 tests: sorted 0.01, 0.03, 0.04, 0.5 → ×4, ×3, ×2, ×1, then running maximum.
+    assert adjusted[[0, 2, 1, 4]].tolist() == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert math.isnan(adjusted[3]) and math.isnan(level[3])
+    # One rejection (0.04 < 0.05): it gets 1 - 0.05/4, the rest 1 - 0.05/3.
+    assert level[0] == pytest.approx(1 - 0.05 / 4)
+    assert level[[1, 2, 4]].tolist() == pytest.approx([1 - 0.05 / 3] * 3)
+
+
+def test_binomial_floor_and_welch_satterthwaite():
+    assert stats.binomial_se(50.0, 10_000) == pytest.approx(0.5)
+    assert stats.binomial_se(12.0, 256) == pytest.approx(100 * math.sqrt(0.12 * 0.88 / 256))
+    assert math.isnan(stats.binomial_se(50.0, math.nan))
+    se, df = stats.combine(0.3, 4, 0.4, 9999)
+    assert se == pytest.approx(0.5)
+    assert df == pytest.approx(0.5**4 / (0.3**4 / 4 + 0.4**4 / 9999))
+    assert stats.combine(0.3, 4, math.nan, math.nan) == (0.3, 4)
+
+
+def test_seeds_needed_shrink_the_spread_but_not_the_floor():
+    level = 1 - 0.05 / 2
+    z = 2.2414 + 0.8416  # normal quantiles at 1 - 0.0125 / 2 and 0.8
+    needed = stats.seeds_needed(1.0, 1, 0.0, 1.0, level)
+    assert needed == math.ceil(z**2)
+    assert stats.seeds_needed(0.1, 3, 0.0, 1.0, level) == 3  # already resolved: never fewer
+    assert stats.seeds_needed(1.0, 1, 2.0, 1.0, level) is None  # the test set alone is too noisy
 
 
 # --- tables -------------------------------------------------------------------------------
@@ -143,17 +160,11 @@ def test_config_table_std_is_nan_for_one_seed(runs):
 
 
 def test_effect_and_interaction_columns_are_stable(runs):
-    assert list(report.main_effects(runs, FACTORS, DEFAULTS).columns) == [
-        "trick",
-        "option",
-        "baseline_option",
-        "effect_mean",
-        "ci95_low",
-        "ci95_high",
-        "cost_delta_seconds",
-        "cost_ratio",
-        "n_pairs",
-    ]
+    effects = report.main_effects(runs, FACTORS, DEFAULTS)
+    assert list(effects.columns) == list(report.EFFECT_COLUMNS)
+    for name in ("p_value", "p_adjusted", "call", "ci_source"):
+        assert name in effects.columns
+    assert set(effects["call"]) <= set(report.CALLS)
     assert list(report.interactions(runs, FACTORS, DEFAULTS).columns) == [
         "trick_a",
         "option_a",
@@ -193,14 +204,27 @@ def test_interactions_isolate_the_a_b_bonus(runs):
     assert pairs["n"].tolist() == [6, 6, 6]  # 2 configs of the third trick × 3 seeds
 
 
-def test_ci_widens_with_seed_noise_that_does_not_cancel():
+def test_ci_comes_from_pooled_seed_noise_plus_the_binomial_floor():
     noisy = make_runs(value=lambda t, seed: 60 + 3 * (t["a"] == "on") * (1 + 0.1 * seed))
     row = effect(report.main_effects(noisy, FACTORS, DEFAULTS), "a")
-    differences = np.tile([3.0, 3.3, 3.6], 4)
-    half = report.student_t_quantile(0.975, 11) * differences.std(ddof=1) / math.sqrt(12)
+    # Differences are 3.0, 3.3, 3.6 over the seeds of each of the 4 partner configs.
+    within = np.array([3.0, 3.3, 3.6]) - 3.3
+    se_spread = math.sqrt(4 * np.sum(within**2) / 8 / 12)  # pooled over 4 × (3 - 1) df
     assert row["effect_mean"] == pytest.approx(3.3)
-    assert row["ci95_low"] == pytest.approx(3.3 - half)
-    assert row["ci95_high"] == pytest.approx(3.3 + half)
+    assert row["ci_source"] == "seeds"
+    assert row["se_spread"] == pytest.approx(se_spread)
+    accuracy = np.mean([60 + 3.3 / 2])
+    assert row["se_floor"] == pytest.approx(stats.binomial_se(accuracy, TEST_IMAGES), rel=1e-3)
+    assert row["se"] == pytest.approx(math.hypot(row["se_spread"], row["se_floor"]))
+    assert row["ci95_low"] < 3.3 - 1.96 * row["se"] < 3.3 + 1.96 * row["se"] < row["ci95_high"]
+    assert row["call"] == "helps"
+
+
+def test_one_seed_takes_the_spread_over_partner_configs(runs):
+    row = effect(report.main_effects(runs[runs["seed"] == 0], FACTORS, DEFAULTS), "a")
+    differences = np.array([10.0, 10.0, 12.0, 12.0])  # b off twice, b on twice (the a∧b bonus)
+    assert row["ci_source"] == "partner configs"
+    assert row["se_spread"] == pytest.approx(differences.std(ddof=1) / 2)
 
 
 def test_options_beyond_two_each_get_an_effect():
@@ -283,30 +307,54 @@ def test_pareto_verdict_on_the_factorial(runs):
     assert verdict.baseline_acc == pytest.approx(50.5)
     assert verdict.best_acc == pytest.approx(67.5)
     assert verdict.best_config == {"a": "on", "b": "on", "c": "on"}
+    # Every effect is far beyond the ±0.5-point floor of 10,000 test images except c's +1.
+    assert verdict.table["call"].tolist() == ["helps", "helps", "helps"]
     assert verdict.total_gain == pytest.approx(17.0)
-    # a alone measured +10 (59%), a+b measured +16 (94%) ≥ 80%.
-    assert verdict.table["cumulative_gain"].tolist() == pytest.approx([10.0, 16.0, 17.0])
+    # Summed main effects: a +11 (65%), a+b +16 (94%) ≥ 80%; measured: +10, +16, +17.
+    assert verdict.table["cumulative_gain"].tolist() == pytest.approx([11.0, 16.0, 17.0])
+    assert verdict.table["measured_gain"].tolist() == pytest.approx([10.0, 16.0, 17.0])
     assert verdict.chosen == [("a", "on"), ("b", "on")]
     assert verdict.chosen_share == pytest.approx(16 / 17)
-    assert (verdict.chosen_seconds, verdict.best_seconds) == (160.0, 160.0)
-    assert verdict.baseline_seconds == 100.0
-    assert verdict.cost_share == pytest.approx(1.0)
-    assert not verdict.table["estimated"].any()
+    assert verdict.table["p_in_set"].tolist()[:2] == [1.0, 1.0]
+    assert verdict.chosen_measured_gain == pytest.approx(16.0)
     text = report.format_verdict(verdict)
-    assert "2 tricks (a=on, b=on) give 94% of the +17.0-point gain" in text
+    assert "2 options (a=on, b=on) give 94% of the +17.0-point gain" in text
+
+
+def test_only_helping_options_are_in_the_set_and_shares_are_never_negative():
+    """The Intel story: three clear losses and one option within noise: no gain is claimed."""
+    factors = {name: ["off", "on"] for name in ("stem", "init", "optimizer", "depth")}
+    defaults = {name: "off" for name in factors}
+    gain = {"stem": -9.7, "init": -3.3, "optimizer": 0.0, "depth": -4.4}
+    rng = np.random.default_rng(3)
+    data = make_runs(factors, lambda t, seed: 50 + sum(gain[n] for n in t if t[n] == "on")
+                     + rng.normal(0, 1.0))
+    verdict = report.pareto_verdict(data[data["seed"] == 0], factors, defaults)
+    calls = verdict.effects.set_index("trick")["call"].to_dict()
+    assert calls == {"stem": "hurts", "init": "hurts", "optimizer": "undetermined",
+                     "depth": "hurts"}
+    assert verdict.chosen == [] and verdict.total_gain == 0.0
+    text = report.format_verdict(verdict)
+    assert "No option helps beyond noise, so no gain is claimed" in text
+    assert "hurts: stem=on, init=on, depth=on" in text and "undetermined: optimizer=on" in text
+    assert "One seed proves little" in text
+    # 10,000 test images: their ±0.5-point floor makes ±1 point unresolvable at any seed count.
+    assert "±1 point is beyond the test set's own noise" in text
+    assert "to resolve ±2 points, run seeds=[0," in text
+    assert "-" not in "".join(verdict.table["cumulative_share"].dropna().astype(str))
 
 
 def test_pareto_verdict_known_answer_with_costs_and_estimates():
     """Four tricks; the cheap one gives most of the gain, the rest add little at a big cost."""
     factors = {name: ["off", "on"] for name in ("optimizer", "stem", "init", "depth")}
     defaults = {name: "off" for name in factors}
-    gain = {"optimizer": 8.0, "stem": 3.0, "init": 1.0, "depth": -0.5}
+    gain = {"optimizer": 8.0, "stem": 3.0, "init": 1.5, "depth": -0.5}
     cost = {"optimizer": 0.0, "stem": 20.0, "init": 30.0, "depth": 100.0}
     rows = []
     for index, options in enumerate(itertools.product(["off", "on"], repeat=4)):
         toggles = dict(zip(factors, options))
         if toggles["optimizer"] == "on" and toggles["stem"] == "on" and toggles["init"] == "off":
-            continue  # the top-2 config is not measured: its gain must be estimated
+            continue  # the top-2 config is not measured: no measured gain beside its sum
         on = [name for name, option in toggles.items() if option == "on"]
         for seed in (0, 1):
             rows.append(
@@ -316,62 +364,111 @@ def test_pareto_verdict_known_answer_with_costs_and_estimates():
                     "failure": None,
                     "seed": seed,
                     **toggles,
-                    "test_acc": 60 + sum(gain[n] for n in on) + seed,
+                    "test_acc": 60 + sum(gain[n] for n in on) + seed + 0.1 * (index % 3),
                     "train_seconds": 100 + sum(cost[n] for n in on),
+                    "test_images": 100_000,
                     "device": "cpu",
                 }
             )
     verdict = report.pareto_verdict(pd.DataFrame(rows), factors, defaults)
     table = verdict.table
     assert list(table["trick"]) == ["optimizer", "stem", "init", "depth"]
-    assert table["effect_mean"].tolist() == pytest.approx([8.0, 3.0, 1.0, -0.5])
-    assert table["estimated"].tolist() == [False, True, False, False]
-    assert table["cumulative_gain"].tolist() == pytest.approx([8.0, 11.0, 12.0, 11.5])
-    assert verdict.total_gain == pytest.approx(12.0)  # best: optimizer, stem and init on
-    assert verdict.best_seconds == pytest.approx(150.0)
-    # optimizer alone: 8 / 12 = 67% < 80%; with stem (estimated 8 + 3): 11 / 12 = 92%.
+    assert table["call"].tolist() == ["helps", "helps", "helps", "hurts"]
+    assert table["cumulative_gain"].tolist()[:3] == pytest.approx([8.0, 11.0, 12.5], abs=0.1)
+    assert np.isfinite(table["measured_gain"]).tolist() == [True, False, True, False]
+    assert math.isnan(table["cumulative_gain"].iloc[3])  # a hurting option adds nothing
+    # optimizer alone: ~8 of ~12.5 < 80%; with stem (8 + 3): ~88%.
     assert verdict.chosen == [("optimizer", "on"), ("stem", "on")]
-    assert verdict.chosen_share == pytest.approx(11 / 12)
-    assert verdict.chosen_estimated
+    assert math.isnan(verdict.chosen_measured_gain)
     assert verdict.chosen_seconds == pytest.approx(120.0)  # baseline 100 s + 0 s + 20 s
-    assert verdict.cost_share == pytest.approx(0.8)
+    assert verdict.cost_share == pytest.approx(120.0 / 150.0)
     text = report.format_verdict(verdict)
-    assert "2 tricks (optimizer=on, stem=on) give 92% (estimated from main effects)" in text
-    assert "at 80% of the best config's training time" in text
-
-
-def test_pareto_verdict_degenerate_no_gain():
-    factors = {"stem": ["none", "deep"], "init": ["default", "xavier"]}
-    defaults = {"stem": "none", "init": "default"}
-    data = make_runs(
-        factors, lambda t, seed: 70 - 2 * (t["stem"] == "deep") - (t["init"] != "default") + seed
-    )
-    verdict = report.pareto_verdict(data, factors, defaults)
-    assert verdict.total_gain == 0 and verdict.chosen == []
-    assert verdict.best_config == defaults
-    assert math.isnan(verdict.chosen_share)
-    assert (verdict.table["effect_mean"] < 0).all()
-    assert "No trick improves on the baseline" in report.format_verdict(verdict)
+    assert "2 options (optimizer=on, stem=on) give" in text
+    assert "(summed main effects), at 80% of their training time" in text
+    assert "hurts: depth=on" in text
 
 
 def test_pareto_verdict_single_factor_and_missing_baseline():
     factors = {"stem": ["none", "deep"]}
-    data = make_runs(factors, lambda t, seed: 70 + 5 * (t["stem"] == "deep"))
+    data = make_runs(factors, lambda t, seed: 70 + 5 * (t["stem"] == "deep") + 0.3 * seed**2)
     verdict = report.pareto_verdict(data, factors, {"stem": "none"})
     assert verdict.chosen == [("stem", "deep")] and verdict.chosen_share == pytest.approx(1.0)
     assert report.interactions(data, factors, {"stem": "none"}).empty
     no_baseline = report.pareto_verdict(data[data["stem"] == "deep"], factors, {"stem": "none"})
-    assert no_baseline.chosen == [] and math.isnan(no_baseline.total_gain)
-    assert "has no result" in report.format_verdict(no_baseline)
+    assert no_baseline.chosen == [] and no_baseline.n_configs == 1
+    assert "One config only (stem=deep)" in report.format_verdict(no_baseline)
+
+
+def test_a_missing_baseline_gets_its_own_sentence():
+    factors = {"a": ["off", "on"], "b": ["off", "on"]}
+    data = make_runs(factors, lambda t, seed: 60 + 5 * (t["a"] == "on") + seed)
+    partial = data[~((data["a"] == "off") & (data["b"] == "off"))]
+    text = report.format_verdict(report.pareto_verdict(partial, factors, {"a": "off", "b": "off"}))
+    assert "The baseline config (all defaults) has no result" in text
+
+
+def test_failed_only_and_running_runs_get_sentences(runs):
+    failed = runs.assign(status="FAILED", failure="crashed")
+    text = report.format_verdict(report.pareto_verdict(failed, FACTORS, DEFAULTS))
+    assert text == "No trial has a result yet: 24 crashed, were pruned or interrupted."
+    live = runs.copy()
+    live.loc[live.index[-2:], "status"] = "RUNNING"
+    verdict = report.pareto_verdict(live, FACTORS, DEFAULTS)
+    assert (verdict.n_running, verdict.n_excluded) == (2, 0)
+    text = report.format_verdict(verdict)
+    assert "crashed" not in text
+    assert "2 trial(s) still running elsewhere; the report will be complete when the last " \
+           "worker ends." in text
 
 
 def test_verdict_markdown_has_the_sentence_and_tables(runs):
     verdict = report.pareto_verdict(runs, FACTORS, DEFAULTS)
-    effects = report.main_effects(runs, FACTORS, DEFAULTS)
-    markdown = report.verdict_markdown(verdict, effects, report.config_table(runs, FACTORS))
+    markdown = report.verdict_markdown(verdict, report.config_table(runs, FACTORS))
     assert report.verdict_sentence(verdict) in markdown
     assert "| trick | option | baseline_option |" in markdown
+    assert "| rank | trick | option | call |" in markdown and "p_in_set" in markdown
+    assert "`undetermined`: the interval includes 0" in markdown
     assert markdown.count("\n| off | off | off |") == 1
+
+
+# --- the calls keep their error rates (simulated factorials) ------------------------------
+
+
+def _simulated(rng, effect_a: float, seeds: int, noise: float) -> pd.DataFrame:
+    """A 2×2×2 factorial: a has ``effect_a``, b and c none; each run has N(0, noise) seed noise."""
+    rows = []
+    for options in itertools.product(["off", "on"], repeat=3):
+        for seed in range(seeds):
+            toggles = dict(zip("abc", options))
+            rows.append({"run_id": f"{options}{seed}", "status": "FINISHED", "seed": seed,
+                         **toggles, "test_acc": 60 + effect_a * (toggles["a"] == "on")
+                         + rng.normal(0, noise)})
+    return pd.DataFrame(rows)
+
+
+def test_null_studies_make_a_false_call_at_most_5_percent_of_the_time():
+    rng = np.random.default_rng(12)
+    false = sum((report.main_effects(_simulated(rng, 0.0, 3, 1.0), FACTORS, DEFAULTS)["call"]
+                 != "undetermined").any() for _ in range(200))
+    assert false / 200 <= 0.05
+
+
+def test_an_effect_of_three_seed_sigmas_is_called_with_three_seeds():
+    rng = np.random.default_rng(13)
+    right = sum(effect(report.main_effects(_simulated(rng, 3.0, 3, 1.0), FACTORS, DEFAULTS),
+                       "a")["call"] == "helps" for _ in range(200))
+    assert right / 200 >= 0.8
+
+
+def test_a_chance_level_study_on_256_images_calls_nothing():
+    """Like ``study=bag budget=smoke``: 10-13% accuracy on 256 test images, one seed."""
+    rng = np.random.default_rng(4)
+    factors = {name: ["off", "on"] for name in "abcdef"}
+    data = make_runs(factors, lambda t, seed: 10 + rng.integers(0, 8) * 100 / 256)
+    data = data[data["seed"] == 0].assign(test_images=256)
+    effects = report.main_effects(data, factors, {name: "off" for name in factors})
+    assert (effects["call"] == "undetermined").all()
+    assert (effects["se_floor"] > 1.9).all()
 
 
 # --- figures and files --------------------------------------------------------------------
@@ -401,19 +498,30 @@ def test_figures_survive_empty_tables(tmp_path):
 
 def test_write_report_writes_every_file_and_no_temporaries(runs, tmp_path):
     meta = {"factors": FACTORS, "defaults": DEFAULTS, "kind": "grid"}
-    paths = write_report(runs, meta, tmp_path / "out")
+    paths = write_report(runs, meta, tmp_path / "out", resamples=20).paths
     assert set(paths) == set(REPORT_FILES) - {"importances"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         p.name for p in paths.values()
     )
     assert len(pd.read_csv(paths["interactions"])) == 3
+    assert set(pd.read_csv(paths["effects"])["call"]) <= set(report.CALLS)
     one_trick = write_report(
         make_runs({"a": ["off", "on"]}),
         {"factors": {"a": ["off", "on"]}, "defaults": {"a": "off"}},
         tmp_path / "single",
-    )
+    ).paths
     assert list(pd.read_csv(one_trick["interactions"]).columns) == list(report.INTERACTION_COLUMNS)
     assert pd.read_csv(one_trick["interactions"]).empty
+
+
+def test_figures_stay_readable_with_many_options(tmp_path):
+    factors = {f"t{index}": ["off", "on"] for index in range(6)}
+    factors["opt"] = ["sgd", "adam", "lamb", "lion", "sam", "ranger"]
+    data = make_runs(factors, lambda t, seed: 50 + 2 * (t["t0"] == "on") + seed)
+    verdict = report.pareto_verdict(data, factors, {name: o[0] for name, o in factors.items()},
+                                    resamples=0)
+    assert len(verdict.table) == 11
+    assert pareto_chart(verdict, tmp_path / "p.png").stat().st_size > 1000
 
 
 def _optuna_journal(tmp_path, n_trials: int) -> str:
@@ -456,8 +564,11 @@ def test_write_report_adds_importances_for_an_optuna_search(tmp_path):
         "optuna_storage": path,
         "optuna_study_name": "search",
     }
-    paths = write_report(make_runs(factors), meta, tmp_path / "out")
+    written = write_report(make_runs(factors), meta, tmp_path / "out")
+    paths = written.paths
     assert set(pd.read_csv(paths["importances"])["param"]) == {"stem", "lr_factor"}
+    assert "An Optuna search, not a grid, so no option is called" in written.text
+    assert "Optuna's parameter importances: " in written.text
     assert pd.read_csv(paths["interactions"]).empty  # not a factorial grid
 
 

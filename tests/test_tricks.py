@@ -10,14 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_data import tiny_data
 from torch import nn
 
 from harness.errors import UserError
 from harness.losses import build_loss
 from harness.models import build_model
 from harness.optimizers import build_optimizer, parameter_groups
-from harness.recipe import ModelSpec, OptimizerSpec, Recipe
-from harness.tricks import TRICKS, apply_toggles, load_tricks
+from harness.recipe import SECTIONS, ModelSpec, OptimizerSpec, Recipe, TrainerSpec, field_types
+from harness.registry import Registry
+from harness.train import fit, seed_everything
+from harness.tricks import (
+    TRICKS,
+    Trick,
+    appended,
+    apply_toggles,
+    describe_tricks,
+    load_tricks,
+    removed,
+    toggle_changes,
+)
 
 load_tricks()
 
@@ -49,8 +61,20 @@ def apply(recipe: Recipe, trick: str, option: str) -> Recipe:
 
 def test_the_tricks_of_the_brief_are_registered():
     expected = {"stem", "init", "optimizer", "depth", "label_smoothing", "resnet_d", "zero_gamma",
-                "no_bias_decay", "schedule", "augment"}
+                "no_bias_decay", "schedule", "augment", "mixup", "cutmix", "ema", "lookahead",
+                "tta", "grad_clip", "nesterov", "whitening", "dirac", "bias_scaler",
+                "alternating_flip"}
     assert expected <= set(TRICKS)
+
+
+def test_the_option_names_stores_and_studies_use_are_kept():
+    kept = {"stem": ["none", "deep"], "init": ["default", "xavier", "kaiming"],
+            "optimizer": ["sgd", "adam"], "depth": ["resnet18", "resnet34", "simplecnn"],
+            "label_smoothing": ["0.0", "0.1"], "resnet_d": ["off", "on"],
+            "zero_gamma": ["off", "on"], "no_bias_decay": ["off", "on"],
+            "schedule": ["constant", "warmup_cosine"], "augment": ["none", "crop_flip"]}
+    for name, options in kept.items():
+        assert list(TRICKS.get(name).options)[:len(options)] == options
 
 
 @pytest.mark.parametrize("name", list(TRICKS))
@@ -81,25 +105,23 @@ def test_defaults_undo_every_other_option():
 
 
 @pytest.mark.parametrize(("name", "option"), ALL_OPTIONS)
-def test_option_builds_and_takes_a_training_step(name, option):
-    torch.manual_seed(0)
-    recipe = apply(small_recipe(), name, option)
-    size = image_size(recipe)
-    model = build(recipe, size)
-    optimizer = build_optimizer(model, recipe.optimizer)
-    loss_fn = build_loss(recipe.loss)
-    images = torch.randn(4, 3, *size)
-    labels = torch.randint(0, NUM_CLASSES, (4,))
-    before = [p.detach().clone() for p in model.parameters()]
+def test_option_builds_and_trains_through_the_loop(name, option):
+    # Five steps of fit (lookahead's period) with every hook the option brings, then an
+    # evaluation through them.
+    recipe = apply(small_recipe(trainer=TrainerSpec(epochs=1, batch_size=2, eval_batch_size=4)),
+                   name, option)
+    data = tiny_data(train=10, val=4, test=4, classes=NUM_CLASSES, size=image_size(recipe)[0])
+    seed_everything(recipe.seed)
+    start = build_model(recipe.model, NUM_CLASSES, 3, data.image_size, sample=data.train_x)
 
-    model.train()
-    loss = loss_fn(model(images), labels)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+    result = fit(recipe, data, device="cpu", progress=False)
 
-    assert torch.isfinite(loss)
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert result.status == "finished", result.reason
+    assert math.isfinite(result.history[-1]["train_loss"])
+    trained = result.model.state_dict()
+    assert any(not torch.equal(value, trained[key]) for key, value in start.state_dict().items()
+               if value.is_floating_point())
+    assert result.evaluate(data.test_x, data.test_y, data.classes).count == 4
 
 
 # --- each trick's own behaviour ------------------------------------------------------------------
@@ -190,8 +212,21 @@ def test_label_smoothing_costs_a_confident_correct_prediction():
     plain = build_loss(apply(small_recipe(), "label_smoothing", "0.0").loss)
     smoothed_recipe = apply(small_recipe(), "label_smoothing", 0.1)  # a YAML float works too
     smoothed = build_loss(smoothed_recipe.loss)
-    assert smoothed_recipe.loss.smoothing == 0.1
+    assert smoothed_recipe.loss == dataclasses.replace(small_recipe().loss, smoothing=0.1)
     assert smoothed(logits, labels) > plain(logits, labels)
+
+
+@pytest.mark.parametrize("option", ["0.1", "0.2"])
+def test_label_smoothing_is_torchs_on_labels_and_smooths_soft_targets(option):
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    epsilon = float(option)
+    loss = build_loss(apply(small_recipe(), "label_smoothing", option).loss)
+    expected = nn.CrossEntropyLoss(label_smoothing=epsilon)(logits, labels)
+    torch.testing.assert_close(loss(logits, labels), expected)
+    soft = torch.softmax(torch.randn(8, 5), dim=1)
+    torch.testing.assert_close(loss(logits, soft),
+                               nn.CrossEntropyLoss(label_smoothing=epsilon)(logits, soft))
 
 
 def test_adam_uses_the_seeds_settings_times_lr_factor():
@@ -216,6 +251,20 @@ def test_resnet34_is_larger_than_resnet18():
         return sum(p.numel() for p in build(apply(small_recipe(), "depth", arch)).parameters())
 
     assert size("resnet34") > size("resnet18")
+
+
+def test_triangular_schedule_rises_from_its_start_and_falls_to_its_end():
+    recipe = apply(small_recipe(), "schedule", "triangular")
+    spec = dataclasses.replace(recipe.schedule, warmup_epochs=2.0, start_lr_fraction=0.2,
+                               final_lr_fraction=0.07)
+    from harness.schedules import build_schedule
+
+    schedule = build_schedule(spec, 100, 10)  # warmup: 20 steps
+    assert schedule(0) == pytest.approx(0.2)
+    assert schedule(10) == pytest.approx(0.6)
+    assert schedule(20) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(1.0 - 0.93 * 0.5)
+    assert schedule(100) == pytest.approx(0.07)
 
 
 def test_warmup_cosine_keeps_a_base_warmup_or_uses_a_short_one():
@@ -252,13 +301,142 @@ def test_unknown_option_names_the_valid_ones():
         apply_toggles(small_recipe(), {"init": "glorot"})
 
 
+# --- declarative options -------------------------------------------------------------------------
+
+def test_an_option_maps_recipe_keys_to_values_converted_to_their_type():
+    trick = Trick("t", "doc", {"off": {}, "on": {"model.width": 8.0, "augment.ops": ["crop"],
+                                                 "trainer.hooks.ema": {"decay": "0.5"}}})
+    recipe = trick.apply(small_recipe(), "on")
+    assert recipe.model.width == 8 and isinstance(recipe.model.width, int)
+    assert recipe.augment.ops == ("crop",)
+    assert recipe.trainer.hooks == {"ema": {"decay": 0.5}}
+    assert trick.changes("on") == {"model.width": "8.0", "augment.ops": "[crop]",
+                                   "trainer.hooks.ema": "{'decay': '0.5'}"}
+
+
+def test_none_removes_a_mapping_entry_and_changes_edit_tuples():
+    base = small_recipe(model=ModelSpec(width=4, post_init=("a",)),
+                        trainer=TrainerSpec(hooks={"ema": {"decay": 0.5}, "tta": {}}))
+    trick = Trick("t", "doc", {"off": {"trainer.hooks.ema": None, "model.post_init": removed("a")},
+                               "on": {"model.post_init": appended("b")}})
+    off = trick.apply(base, "off")
+    assert off.trainer.hooks == {"tta": {}} and off.model.post_init == ()
+    assert trick.apply(trick.apply(base, "on"), "on").model.post_init == ("a", "b")
+    assert trick.changes("off") == {"trainer.hooks.ema": "removed", "model.post_init": "- a"}
+
+
+def test_a_function_on_a_whole_section_is_the_escape_hatch():
+    def double_width(spec: ModelSpec) -> ModelSpec:
+        """Twice as wide."""
+        return dataclasses.replace(spec, width=spec.width * 2)
+
+    trick = Trick("t", "doc", {"off": {}, "on": {"model": double_width}})
+    assert trick.apply(small_recipe(), "on").model.width == 8
+    assert trick.changes("on") == {"model": "by double_width (Twice as wide)"}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"on": {"modle.width": 8}}, "unknown section 'modle'"),
+    ({"on": {"model.widht": 8}}, "unknown field 'model.widht'"),
+    ({"on": {"model.width.x": 8}}, "is not a mapping"),
+    ({"on": {"model": 8}}, "needs a function"),
+    ({"on": {"model.width": lambda w: w}}, "must be a Change"),
+])
+def test_an_option_naming_nothing_fails_when_the_trick_is_made(options, message):
+    with pytest.raises(ValueError, match=message):
+        Trick("t", "doc", options)
+
+
+def test_list_tricks_shows_what_every_option_changes():
+    text = describe_tricks()
+    for name in TRICKS:
+        trick = TRICKS.get(name)
+        assert f"{name}  {trick.doc}" in text
+        for option in trick.options:
+            for key in trick.changes(option):
+                assert key in text
+    assert "on             trainer.hooks.mixup = {'alpha': 1.0}" in text
+    assert "deep            model.stem = deep" in text
+
+
+def test_toggle_changes_are_the_recipe_keys_a_config_changes():
+    base = small_recipe()
+    changes = toggle_changes(base, {"stem": "deep", "ema": "on", "init": "default"})
+    assert changes == {"model.stem": "deep", "trainer.hooks.ema.decay": 0.999}
+    with_ema = apply_toggles(base, {"ema": "on"})
+    assert toggle_changes(with_ema, {"ema": "off"}) == {"trainer.hooks": {},
+                                                        "trainer.hooks.ema.decay": None}
+
+
 # --- the house rule: harness/ knows no trick by name ---------------------------------------------
 
-# Names that can only come from a trick; generic words such as "deep" or "on" would match by chance.
-TRICK_WORDS = ("xavier", "kaiming", "label_smoothing", "resnet_d", "zero_gamma",
-               "smoothed_cross_entropy", "zero_last_norm_gamma")
+def _from_ablations(entry: object) -> bool:
+    return str(getattr(entry, "__module__", "")).startswith("ablations")
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def harness_words() -> set[str]:
+    """The harness's own vocabulary: recipe sections and fields, and the parts it registers."""
+    words = set(SECTIONS)
+    for section in SECTIONS:
+        words |= set(field_types(section))
+    for registry in Registry.instances:
+        if registry is not TRICKS:
+            words |= {name for name in registry if not _from_ablations(registry.get(name))}
+    return words
+
+
+def trick_words() -> tuple[set[str], set[str]]:
+    """Names only tricks bring, as (whole strings, words inside identifiers).
+
+    Trick names, their non-neutral options and the parts they register count. A neutral option
+    names the harness's own behaviour ("none", "sgd"), a word of the harness's vocabulary is the
+    field a trick sets ("init", "nesterov"), and words under three letters ("on") or numbers
+    would match by chance, so those are left out. A one-word trick name that is plain English
+    ("depth") counts as a whole string, which is how the harness would read a toggle
+    (``toggles["depth"]``), but not inside identifiers, where it is just a word (a lock's
+    ``_depth``); coined words (compound names, options, parts) count there too.
+    """
+    names: set[str] = set(TRICKS)
+    coined: set[str] = set()
+    for name in TRICKS:
+        trick = TRICKS.get(name)
+        coined |= {option for option in trick.options if option != trick.default}
+    for registry in Registry.instances:
+        if registry is not TRICKS:
+            coined |= {name for name in registry if _from_ablations(registry.get(name))}
+    coined |= {name for name in names if "_" in name}
+
+    def keep(words: set[str]) -> set[str]:
+        return {w.lower() for w in words - harness_words() if len(w) >= 3 and not _is_number(w)}
+
+    return keep(names | coined), keep(coined)
+
+
+TRICK_STRINGS, IDENTIFIER_WORDS = trick_words()
 # Underscores separate words here, so apply_xavier_init counts but xavierish does not.
-TRICK_WORD = re.compile(rf"(?<![a-z0-9])({'|'.join(TRICK_WORDS)})(?![a-z0-9])", re.IGNORECASE)
+TRICK_WORD = re.compile(
+    rf"(?<![a-z0-9])({'|'.join(map(re.escape, sorted(IDENTIFIER_WORDS, key=len, reverse=True)))})"
+    rf"(?![a-z0-9])", re.IGNORECASE)
+
+
+def test_the_word_list_comes_from_the_registry():
+    # The words of the tricks and parts the brief names, found without listing them here.
+    assert {"xavier", "kaiming", "label_smoothing", "resnet_d", "zero_gamma", "no_bias_decay",
+            "avgpool", "zero_last_norm_gamma", "mixup", "cutmix", "lookahead", "ema", "tta",
+            "dirac", "airbench", "alternating_flip", "triangular",
+            "whiten_patches"} <= IDENTIFIER_WORDS
+    assert {"depth", "whitening"} <= TRICK_STRINGS - IDENTIFIER_WORDS
+    # Words the harness owns are not trick words, though tricks use them.
+    assert not {"sgd", "adam", "resnet34", "warmup_cosine", "init", "nesterov", "on", "off",
+                "none", "0.1"} & TRICK_STRINGS
 
 
 def trick_names_in(source: str) -> list[str]:
@@ -292,7 +470,7 @@ def trick_names_in(source: str) -> list[str]:
             identifiers.add(node.arg)
         elif isinstance(node, ast.alias):
             identifiers.add(node.asname or node.name)
-    found = {s for s in strings if s.strip().lower() in TRICK_WORDS}
+    found = {s for s in strings if s.strip().lower() in TRICK_STRINGS}
     found |= {name for name in identifiers if TRICK_WORD.search(name)}
     return sorted(found)
 
@@ -310,3 +488,6 @@ def test_the_house_rule_check_catches_a_trick_name():
     assert trick_names_in("spec.zero_gamma = True\n") == ["zero_gamma"]
     assert trick_names_in('def f():\n    """Not xavier here."""\n') == []
     assert trick_names_in('raise ValueError("e.g. init=[default,xavier]")\n') == []
+    assert trick_names_in('option = toggles["depth"]\n') == ["depth"]
+    assert trick_names_in("lock_depth = 1\n") == []
+    assert trick_names_in("def update_ema(model):\n    pass\n") == ["update_ema"]

@@ -1,7 +1,7 @@
 """Images in: find, decode, cache, split, normalise, batch and augment them."""
 
 from harness.data.augment import AUGMENTATIONS, augment
-from harness.data.prepare import PreparedData, iterate_batches, prepare_data
+from harness.data.prepare import PreparedData, iterate_batches, prepare_data, shuffled_rows
 from harness.data.sources import Dataset, ImageSet, load_dataset
 from harness.data.splits import Splits, make_splits
 
@@ -16,4 +16,5 @@ __all__ = [
     "load_dataset",
     "make_splits",
     "prepare_data",
+    "shuffled_rows",
 ]

@@ -111,19 +111,37 @@ def iterate_batches(
     Yields:
         Batches: views of ``x`` and ``y`` in order, or gathered copies when shuffled.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    count = x.shape[0]
     if not shuffle:
-        for start in range(0, count, batch_size):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, x.shape[0], batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
         return
+    for rows in shuffled_rows(x.shape[0], batch_size, generator, x.device):
+        yield x.index_select(0, rows), y.index_select(0, rows)
+
+
+def shuffled_rows(count: int, batch_size: int, generator: torch.Generator | None,
+                  device: torch.device) -> Iterator[torch.Tensor]:
+    """Yield the row indices of one epoch's batches, in a random order drawn from ``generator``.
+
+    Args:
+        count: Rows to cover, each once.
+        batch_size: Rows per batch; the last batch may be smaller.
+        generator: Random source for the order, on the CPU or on ``device``. None uses torch's
+            global generator.
+        device: Where the indices go (the data's device).
+
+    Yields:
+        int64 index tensors on ``device``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     # One permutation per epoch; a per-batch gather then costs no more than the batch itself.
-    where = generator.device if generator is not None else x.device
-    order = torch.randperm(count, generator=generator, device=where).to(x.device)
+    where = generator.device if generator is not None else device
+    order = torch.randperm(count, generator=generator, device=where).to(device)
     for start in range(0, count, batch_size):
-        index = order[start : start + batch_size]
-        yield x.index_select(0, index), y.index_select(0, index)
+        yield order[start : start + batch_size]
 
 
 def _measure(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from harness.errors import unknown_choice
 from harness.models.parts import (
     ARCHITECTURES,
+    DATA_INITIALIZERS,
     INITIALIZERS,
     SHORTCUTS,
     STEMS,
@@ -16,8 +19,8 @@ from harness.models.simple_cnn import SimpleCNN
 from harness.recipe import ModelSpec
 
 __all__ = [
-    "ARCHITECTURES", "INITIALIZERS", "SHORTCUTS", "STEMS", "BasicBlock", "ResNet", "SimpleCNN",
-    "build_model", "conv_bn_relu",
+    "ARCHITECTURES", "DATA_INITIALIZERS", "INITIALIZERS", "SHORTCUTS", "STEMS", "BasicBlock",
+    "ResNet", "SimpleCNN", "build_model", "conv_bn_relu",
 ]
 
 
@@ -42,7 +45,8 @@ def _simple_cnn(spec: ModelSpec, num_classes: int, in_channels: int,
 
 
 def build_model(spec: ModelSpec, num_classes: int, in_channels: int = 3,
-                image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+                image_size: tuple[int, int] = (32, 32),
+                sample: torch.Tensor | None = None) -> nn.Module:
     """Build the network a ModelSpec describes, then run its initialisers in order.
 
     Args:
@@ -50,6 +54,9 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int = 3,
         num_classes: From the dataset.
         in_channels: From the dataset (1 or 3).
         image_size: (height, width) from the dataset.
+        sample: Training images for the initialisers that learn from data
+            (``DATA_INITIALIZERS``). None skips those: pass None only when trained weights are
+            loaded right after, as a checkpoint does.
 
     Returns:
         The initialised model, on the CPU.
@@ -58,8 +65,14 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int = 3,
     builder = ARCHITECTURES.get(spec.arch)
     STEMS.get(spec.stem)
     SHORTCUTS.get(spec.shortcut)
-    initializers = [INITIALIZERS.get(name) for name in (spec.init, *spec.post_init)]
+    names = (spec.init, *spec.post_init)
+    for name in names:
+        if name not in INITIALIZERS and name not in DATA_INITIALIZERS:
+            raise unknown_choice("initializer", name, [*INITIALIZERS, *DATA_INITIALIZERS])
     model = builder(spec, num_classes, in_channels, image_size)
-    for initialize in initializers:
-        initialize(model)
+    for name in names:
+        if name in INITIALIZERS:
+            INITIALIZERS.get(name)(model)
+        elif sample is not None:
+            DATA_INITIALIZERS.get(name)(model, sample)
     return model

@@ -5,12 +5,15 @@ Signatures:
     STEMS:         (in_channels, out_channels) -> nn.Module  (may downsample)
     SHORTCUTS:     (in_channels, out_channels, stride) -> nn.Module  (used when shapes change)
     INITIALIZERS:  (model) -> None, changing weights in place
+    DATA_INITIALIZERS: (model, images) -> None, changing weights in place from a sample of the
+                   training images (normalised, on the data's device)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from harness.registry import Registry
@@ -19,6 +22,8 @@ ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
 STEMS: Registry[Callable[[int, int], nn.Module]] = Registry("stem")
 SHORTCUTS: Registry[Callable[[int, int, int], nn.Module]] = Registry("shortcut")
 INITIALIZERS: Registry[Callable[[nn.Module], None]] = Registry("initializer")
+DATA_INITIALIZERS: Registry[Callable[[nn.Module, torch.Tensor], None]] = Registry(
+    "data initializer")
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -47,4 +52,4 @@ def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.
 
 @INITIALIZERS.register("default")
 def default_init(model: nn.Module) -> None:
-    """Keep PyTorch's own initialisation (Kaiming-uniform with a=√5 for conv and linear)."""
+    """Keep PyTorch's own initialisation (uniform with a=√5 gain for conv and linear)."""

@@ -1,4 +1,4 @@
-"""The report's two figures: the Pareto chart of tricks and the cost-versus-accuracy chart."""
+"""The report's two figures: the calls with the 80% set, and cost against accuracy per config."""
 
 from __future__ import annotations
 
@@ -14,21 +14,21 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.report import CONFIG_STAT_COLUMNS, Verdict  # noqa: E402
+from harness.report.effects import HELPS, HURTS, UNDETERMINED  # noqa: E402
+from harness.report.tables import CONFIG_STAT_COLUMNS  # noqa: E402
+from harness.report.verdict import Verdict  # noqa: E402
 
 DPI = 120  # dots per inch: sharp enough in the MLflow UI, small files (~50 kB)
-
-
-def _finite(values: pd.Series) -> np.ndarray:
-    return np.nan_to_num(values.to_numpy(dtype=float), nan=0.0)
+CALL_COLOURS = {HELPS: "tab:green", HURTS: "tab:red", UNDETERMINED: "tab:gray"}
+LABELLED_CONFIGS = 12  # beyond this, only the frontier and the baseline are labelled
 
 
 def pareto_chart(verdict: Verdict, path: str | Path) -> Path:
-    """Draw each trick's effect, best first, with the cumulative share of the total gain.
+    """Draw every option's effect, coloured by its call, with the cumulative share of the gain.
 
-    Bars are the main effects of each trick's best option in accuracy points, with their 95%
-    interval; the line (right axis) is the cumulative share of the best config's gain, and the
-    dashed line marks the target share (80%).
+    Bars are horizontal (so 10 or more options keep readable labels), one per option in the
+    verdict's order, with Holm-adjusted intervals as whiskers. The line (top axis, 0-100%) is the
+    cumulative share of the gain over the helping options only; the dashed line marks the target.
 
     Args:
         verdict: From :func:`harness.report.pareto_verdict`.
@@ -39,44 +39,40 @@ def pareto_chart(verdict: Verdict, path: str | Path) -> Path:
     """
     path = Path(path)
     table = verdict.table
-    figure, effect_axis = plt.subplots(figsize=(max(5.0, 1.1 * len(table) + 2.5), 4.0))
+    figure, axis = plt.subplots(figsize=(7.5, max(3.0, 0.45 * len(table) + 1.8)))
     try:
         if table.empty:
-            effect_axis.text(0.5, 0.5, "no trick effects to show", ha="center", va="center")
-            effect_axis.set_axis_off()
+            axis.text(0.5, 0.5, "no option effects to show", ha="center", va="center")
+            axis.set_axis_off()
         else:
             positions = np.arange(len(table))
-            effects = _finite(table["effect_mean"])
-            errors = np.vstack(
-                [
-                    np.clip(
-                        effects - _finite(table["ci95_low"].fillna(table["effect_mean"])), 0, None
-                    ),
-                    np.clip(
-                        _finite(table["ci95_high"].fillna(table["effect_mean"])) - effects, 0, None
-                    ),
-                ]
-            )
-            colours = ["tab:blue" if effect > 0 else "tab:gray" for effect in effects]
-            effect_axis.bar(positions, effects, yerr=errors, capsize=4, color=colours)
-            effect_axis.axhline(0.0, color="black", linewidth=0.8)
-            labels = [f"{row.trick}={row.option}" for row in table.itertuples(index=False)]
-            effect_axis.set_xticks(positions, labels, rotation=30, ha="right")
-            effect_axis.set_ylabel("effect on test accuracy (points)")
-            if table["cumulative_share"].notna().any():
-                share_axis = effect_axis.twinx()
-                share_axis.plot(positions, 100 * table["cumulative_share"], "o-", color="tab:red")
-                share_axis.axhline(
-                    100 * verdict.share, color="tab:red", linestyle="--", linewidth=1
-                )
-                share_axis.set_ylabel("cumulative share of the gain (%)", color="tab:red")
-                share_axis.set_ylim(0, max(110.0, 105 * table["cumulative_share"].max()))
-        gain = (
-            ""
-            if not math.isfinite(verdict.total_gain)
-            else f" (total gain {verdict.total_gain:+.1f})"
-        )
-        effect_axis.set_title(f"Tricks ranked by effect{gain}")
+            effects = np.nan_to_num(table["effect_mean"].to_numpy(float))
+            low = table["ci_adj_low"].fillna(table["effect_mean"]).to_numpy(float)
+            high = table["ci_adj_high"].fillna(table["effect_mean"]).to_numpy(float)
+            errors = np.vstack([np.clip(effects - np.nan_to_num(low), 0, None),
+                                np.clip(np.nan_to_num(high) - effects, 0, None)])
+            colours = [CALL_COLOURS[call] for call in table["call"]]
+            axis.barh(positions, effects, xerr=errors, capsize=3, color=colours)
+            axis.axvline(0.0, color="black", linewidth=0.8)
+            labels = [f"{row.trick}={row.option} ({row.call})"
+                      for row in table.itertuples(index=False)]
+            axis.set_yticks(positions, labels, fontsize=8)
+            axis.invert_yaxis()  # rank 1 on top
+            axis.set_xlabel("effect on test accuracy (points), Holm-adjusted interval")
+            shares = table["cumulative_share"].to_numpy(float)
+            helping = np.isfinite(shares)
+            if helping.any():
+                share_axis = axis.twiny()
+                share_axis.plot(100 * np.clip(shares[helping], 0, 1), positions[helping], "o-",
+                                color="tab:blue")
+                share_axis.axvline(100 * verdict.share, color="tab:blue", linestyle="--",
+                                   linewidth=1)
+                share_axis.set_xlim(0, 105)
+                share_axis.set_xlabel("cumulative share of the gain of the helping options (%)",
+                                      color="tab:blue")
+        gain = (f" (gain {verdict.total_gain:+.1f})"
+                if math.isfinite(verdict.total_gain) and verdict.total_gain > 0 else "")
+        axis.set_title(f"Options by call and effect{gain}", fontsize=10)
         figure.tight_layout()
         figure.savefig(path, dpi=DPI, format="png")
     finally:
@@ -126,7 +122,9 @@ def cost_accuracy_chart(
     """Plot mean test accuracy against mean training time per config, with the Pareto frontier.
 
     Error bars are the standard deviation over seeds; the step line is the best accuracy
-    reachable for at most that many training seconds.
+    reachable for at most that many training seconds. With more than
+    :data:`LABELLED_CONFIGS` configs only the frontier and the baseline are labelled, and labels
+    alternate above and below their point, so they do not pile up.
 
     Args:
         configs: From :func:`harness.report.config_table`.
@@ -139,7 +137,7 @@ def cost_accuracy_chart(
     """
     path = Path(path)
     measured = configs.dropna(subset=["test_acc_mean", "train_seconds_mean"])
-    figure, axis = plt.subplots(figsize=(7.0, 4.5))
+    figure, axis = plt.subplots(figsize=(8.0, 5.0))
     try:
         if measured.empty:
             axis.text(0.5, 0.5, "no config with accuracy and time", ha="center", va="center")
@@ -147,20 +145,20 @@ def cost_accuracy_chart(
         else:
             costs = measured["train_seconds_mean"].to_numpy(dtype=float)
             accuracies = measured["test_acc_mean"].to_numpy(dtype=float)
-            spread = _finite(measured["test_acc_std"])
+            spread = np.nan_to_num(measured["test_acc_std"].to_numpy(float))
             axis.errorbar(costs, accuracies, yerr=spread, fmt="o", capsize=3, color="tab:blue")
-            for cost, accuracy, label in zip(costs, accuracies, _config_labels(measured, defaults)):
-                axis.annotate(
-                    label, (cost, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=7
-                )
             frontier = pareto_frontier(costs, accuracies)
-            axis.step(
-                costs[frontier],
-                accuracies[frontier],
-                where="post",
-                color="tab:red",
-                label="Pareto frontier",
-            )
+            labels = _config_labels(measured, defaults)
+            shown = (set(range(len(labels))) if len(labels) <= LABELLED_CONFIGS
+                     else set(frontier.tolist()) | {i for i, t in enumerate(labels)
+                                                    if t == "baseline"})
+            order = sorted(shown, key=lambda i: (costs[i], accuracies[i]))
+            for turn, index in enumerate(order):
+                axis.annotate(labels[index], (costs[index], accuracies[index]),
+                              textcoords="offset points", xytext=(5, 8 if turn % 2 else -12),
+                              fontsize=7)
+            axis.step(costs[frontier], accuracies[frontier], where="post", color="tab:red",
+                      label="Pareto frontier")
             axis.legend(loc="lower right")
             axis.set_xlabel("training time per run (s)")
             axis.set_ylabel("test accuracy (%)")

@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
+from harness.checks import check_path_names
 from harness.errors import UserError, unknown_choice
 from harness.tricks import TRICKS, load_tricks
 
-STUDIES_DIR = Path(os.environ.get("HARNESS_STUDIES_DIR", Path(__file__).resolve().parents[1]
+STUDIES_DIR = Path(os.environ.get("HARNESS_STUDIES_DIR", Path(__file__).resolve().parents[2]
                                   / "studies"))
 KINDS = ("grid", "optuna")
 PRUNERS = ("median", "none")
@@ -133,15 +134,19 @@ def list_studies() -> list[str]:
 
 def load_study(name: str) -> StudySpec:
     """Load and check ``studies/NAME.yaml`` (or a path to a YAML file)."""
-    path = Path(name)
+    path = check_path_names("study", name)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         path = STUDIES_DIR / f"{name}.yaml"
         if not path.is_file():
             raise unknown_choice("study", name, list_studies())
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"cannot parse study file {path}: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"study file {path} is not text: a study is a YAML file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read study file {path}: {exc.strerror}") from None
     return parse_study(path.stem, raw, str(path))
 
 
@@ -149,6 +154,16 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
     """Check a study's raw mapping and build its StudySpec."""
     load_tricks()
     where = f"study '{name}'"
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: a study file is a mapping of keys (kind, factors, recipe, "
+                        f"...), got {type(raw).__name__}")
+    for key in ("factors", "search", "budgets", "recipe"):
+        if not isinstance(raw.get(key) or {}, Mapping):
+            raise UserError(f"{where}: '{key}' must be a mapping, got {raw[key]!r}")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise UserError(f"{where}: seeds must be a list of integers from 0, got {seeds!r}")
     for key in raw:
         if key not in _KEYS:
             raise unknown_choice(f"key in {where}", key, _KEYS)
@@ -165,6 +180,8 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
     if configs is not None:
         if not isinstance(configs, list) or not configs:
             raise UserError(f"{where}: configs must be a non-empty list of {{trick: option}}")
+        if not all(isinstance(c or {}, Mapping) for c in configs):
+            raise UserError(f"{where}: each entry of configs is a {{trick: option}} mapping")
         configs = [{t: TRICKS.get(t).option(o) for t, o in (c or {}).items()} for c in configs]
         for config in configs:
             for trick_name in config:
@@ -183,6 +200,8 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
         raise unknown_choice(f"pruner in {where}", pruner, PRUNERS)
     search = {}
     for key, spec in (raw.get("search") or {}).items():
+        if not isinstance(spec, Mapping):
+            raise UserError(f"{where}: search.{key} needs low, high and optionally log")
         try:
             search[key] = SearchRange(float(spec["low"]), float(spec["high"]),
                                       bool(spec.get("log", False)))
@@ -190,6 +209,8 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
             raise UserError(f"{where}: search.{key} needs low, high and optionally log") from None
     budgets = raw.get("budgets") or {}
     for budget, section in budgets.items():
+        if not isinstance(section or {}, Mapping):
+            raise UserError(f"{where}: budgets.{budget} must be a mapping")
         if budget not in ("smoke", "cpu", "full"):
             raise unknown_choice(f"budget in {where}", budget, ("smoke", "cpu", "full"))
         for key in section or {}:

@@ -1,0 +1,220 @@
+"""Checks of what a command line names, done before any data is read or any store is opened.
+
+Each function raises a :class:`~harness.errors.UserError` with one line that says what is wrong
+and what would work, or returns the checked value. They look, they never write: a refused input
+leaves every file as it was.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError, unknown_choice
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Longest name of one path component on Linux and macOS file systems (ext4, APFS): bytes.
+NAME_MAX = 255
+# Tables that tell whose database an SQLite file is.
+MLFLOW_TABLES = frozenset({"experiments", "runs", "metrics"})
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+
+# SQLAlchemy's default driver of each database dialect, and the package that provides it.
+_DRIVERS = {
+    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+mysqldb": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pymysql"),
+    "mssql+pyodbc": ("pyodbc", "pyodbc"),
+    "mssql+pymssql": ("pymssql", "pymssql"),
+}
+
+
+def finite_number(key: str, value: Any, *, minimum: float | None = None,
+                  strict: bool = False) -> float:
+    """Return ``value`` as a finite float at least ``minimum`` (above it when ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{key} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise UserError(f"{key} must be a finite number, got {value!r}")
+    if minimum is not None and (number <= minimum if strict else number < minimum):
+        relation = "above" if strict else "at least"
+        raise UserError(f"{key} must be {relation} {minimum:g}, got {value!r}")
+    return number
+
+
+def check_device(name: str, cuda_count: int | None = None, mps: bool | None = None) -> str:
+    """Return ``name`` if this machine has that device: auto, cpu, cuda, cuda:N or mps.
+
+    Args:
+        name: The ``device=`` setting.
+        cuda_count: GPUs visible here; None asks torch.
+        mps: Whether Apple's MPS backend is usable; None asks torch.
+    """
+    import torch
+
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if mps is None:
+        backend = getattr(torch.backends, "mps", None)
+        mps = bool(backend and backend.is_available())
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and kind != "cuda"):
+        raise unknown_choice("device", name, ["auto", "cpu", "cuda", "cuda:N", "mps"])
+    if kind == "cuda":
+        if cuda_count == 0:
+            raise UserError(f"device={name}: this machine has no CUDA GPU visible to torch; "
+                            f"use device=auto or device=cpu")
+        if index:
+            if not index.isdigit():
+                raise UserError(f"device={name}: the GPU index must be a number, e.g. cuda:0")
+            if int(index) >= cuda_count:
+                raise UserError(f"device={name}: this machine has {cuda_count} GPU(s), "
+                                f"cuda:0 to cuda:{cuda_count - 1}")
+    if kind == "mps" and not mps:
+        raise UserError(f"device={name}: Apple's MPS backend is not available on this machine; "
+                        f"use device=auto or device=cpu")
+    return name
+
+
+def check_path_names(key: str, path: str | Path) -> Path:
+    """Return ``path`` as a Path if each of its components fits the file system's name limit."""
+    path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(f"{key}: the name '{part[:40]}...' is {len(os.fsencode(part))} "
+                            f"bytes long; file systems allow {NAME_MAX}")
+    return path
+
+
+def check_writable_file(key: str, path: str | Path) -> Path:
+    """Return ``path`` if a file can be created or appended there: not a folder, folder writable.
+
+    A missing parent folder is fine when the nearest existing ancestor is writable, since the
+    harness creates the folders it needs.
+    """
+    path = check_path_names(key, path)
+    if path.is_dir():
+        raise UserError(f"{key} '{path}' is a folder; name a file inside it")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{key} '{path}' cannot be written")
+    _check_creatable_folder(key, path.parent)
+    return path
+
+
+def check_writable_folder(key: str, path: str | Path) -> Path:
+    """Return ``path`` if files can be written into it: an existing folder or a creatable one."""
+    path = check_path_names(key, path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key} '{path}' is a file, not a folder")
+    _check_creatable_folder(key, path)
+    return path
+
+
+def _check_creatable_folder(key: str, folder: Path) -> None:
+    ancestor = folder.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{key}: '{ancestor}' is a file, so '{folder}' cannot be a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{key}: the folder '{ancestor}' cannot be written")
+
+
+def check_driver(key: str, url: str) -> None:
+    """Raise a UserError naming the package to install when a database URL's driver is missing."""
+    dialect = url.split("://", 1)[0].lower()
+    module, package = _DRIVERS.get(dialect, (None, None))
+    if module is None:
+        return
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{key} '{_redacted(url)}' needs the {dialect.split('+')[0]} driver "
+                        f"'{module}', which is not installed: pip install {package}")
+
+
+def _redacted(url: str) -> str:
+    """Return ``url`` without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def sqlite_tables(path: Path) -> frozenset[str] | None:
+    """Return the table names of an SQLite file, or None when the file is not SQLite.
+
+    Opened read-only, so looking never creates or changes anything.
+    """
+    with path.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            return None
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("select name from sqlite_master where type='table'")
+            return frozenset(name for (name,) in rows)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+def check_mlflow_sqlite(key: str, path: str | Path) -> Path:
+    """Return ``path`` if it is absent, empty, or an SQLite file that is not another tool's."""
+    path = check_writable_file(key, path)
+    if not path.exists() or path.stat().st_size == 0:
+        return path
+    tables = sqlite_tables(path)
+    if tables is None:
+        raise UserError(f"{key}: '{path}' is not an SQLite database (an Optuna journal or a "
+                        f"text file?); name a new file or an MLflow database")
+    if tables & OPTUNA_TABLES and not tables & MLFLOW_TABLES:
+        raise UserError(f"{key}: '{path}' is an Optuna database, not an MLflow store")
+    return path
+
+
+def check_optuna_sqlite(key: str, path: str | Path) -> Path:
+    """Return ``path`` if it is absent, empty, or an SQLite file that is not MLflow's."""
+    path = check_writable_file(key, path)
+    if not path.exists() or path.stat().st_size == 0:
+        return path
+    tables = sqlite_tables(path)
+    if tables is None:
+        raise UserError(f"{key}: '{path}' is not an SQLite database; name a new .db file or a "
+                        f"journal file")
+    if tables & MLFLOW_TABLES:
+        raise UserError(f"{key}: '{path}' is an MLflow database; Optuna needs its own, e.g. "
+                        f"sqlite:///{path.with_name('optuna.db')}")
+    return path
+
+
+def check_journal(key: str, path: str | Path) -> Path:
+    """Return ``path`` if it is absent, empty, or an Optuna journal (JSON lines)."""
+    path = check_writable_file(key, path)
+    if not path.exists() or path.stat().st_size == 0:
+        return path
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_HEADER))
+        handle.seek(0)
+        first = handle.readline(1 << 16)
+    if head == SQLITE_HEADER:
+        raise UserError(f"{key}: '{path}' is an SQLite database, not a journal file; "
+                        f"for an SQLite storage write storage=sqlite:///{path}")
+    try:
+        record = json.loads(first)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise UserError(f"{key}: '{path}' is not an Optuna journal file")
+    return path

@@ -1,0 +1,182 @@
+"""The whole run configuration checked up front, in the pass ``--dry-run`` shares with a real run.
+
+Runs after the command line is parsed and before any data is read or any store is opened, so a
+refused input costs a second and leaves every file as it was. It covers what parsing cannot:
+values against this machine (devices, paths, database drivers), every trial's recipe after its
+tricks (so a bad name inside an option fails before the first trial, not inside each), and the
+stores' kinds (an Optuna storage that is MLflow's database, or the other way round).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.checks import (
+    check_device,
+    check_driver,
+    check_journal,
+    check_mlflow_sqlite,
+    check_optuna_sqlite,
+    check_path_names,
+    check_writable_folder,
+    finite_number,
+)
+from harness.config import RunConfig
+from harness.data.augment import AUGMENTATIONS
+from harness.errors import UserError, unknown_choice
+from harness.hooks import HOOKS
+from harness.losses import LOSSES
+from harness.models.parts import ARCHITECTURES, DATA_INITIALIZERS, INITIALIZERS, SHORTCUTS, STEMS
+from harness.optimizers import OPTIMIZERS
+from harness.recipe import Recipe
+from harness.schedules import SCHEDULES
+from harness.study.storage import default_storage
+
+# Torch seeds are 64-bit, but the derived trial seed is taken mod 2**31 (see plan.torch_seed):
+# larger replicate seeds would collide for no gain.
+MAX_SEED = 2**31 - 1
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql")
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Raise a UserError for the first thing in ``cfg`` that could not work on this machine."""
+    check_device(cfg.device)
+    finite_number("stale_after", cfg.stale_after, minimum=0, strict=True)
+    if isinstance(cfg.n_trials, bool):
+        raise UserError(f"n_trials must be a positive integer, got {cfg.n_trials!r}")
+    for seed in cfg.seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise UserError(f"seeds must be integers from 0 to {MAX_SEED}, got {seed}")
+    check_search(cfg)
+    # The base recipe too: a value every config's tricks replace is still a typo to report.
+    for recipe in (cfg.recipe, *trial_recipes(cfg)):
+        check_recipe(recipe)
+    check_data_root(cfg.recipe.data.root)
+    check_stores(cfg.tracking_uri, cfg.storage, cfg.study.name)
+    if cfg.out is not None:
+        check_writable_folder("out", cfg.out)
+
+
+def check_search(cfg: RunConfig) -> None:
+    """Every numeric search range of an Optuna study must be a real interval."""
+    for key, span in cfg.study.search.items():
+        low = finite_number(f"search {key} low", span.low)
+        high = finite_number(f"search {key} high", span.high)
+        if low >= high:
+            raise UserError(f"search {key}: low {low:g} must be below high {high:g}")
+        if span.log and low <= 0:
+            raise UserError(f"search {key}: a log range needs low above 0, got {low:g}")
+
+
+def trial_recipes(cfg: RunConfig) -> Iterator[Recipe]:
+    """Yield the recipe of every config a study can train (each option, for a search)."""
+    plan = cfg.plan()
+    if cfg.study.kind == "grid":
+        for toggles in cfg.configs:
+            yield plan.trial_recipe(dict(toggles), cfg.seeds[0])
+        return
+    numeric = {key: span.low for key, span in cfg.study.search.items()}
+    yield plan.trial_recipe(dict(cfg.fixed), cfg.seeds[0], numeric)
+    for trick, options in cfg.factors.items():
+        for option in options:
+            yield plan.trial_recipe({**cfg.fixed, trick: option}, cfg.seeds[0], numeric)
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Every number finite and in range, and every name registered, in one trial's recipe."""
+    for key, value in recipe.flat().items():
+        for number in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise UserError(f"{key} must be a finite number, got {number}")
+    optimizer = recipe.optimizer
+    if not 0.0 <= optimizer.momentum <= 1.0:
+        raise UserError(f"optimizer.momentum must be in [0, 1], got {optimizer.momentum:g}")
+    if not all(0.0 <= beta < 1.0 for beta in optimizer.betas):
+        raise UserError(f"optimizer.betas must be in [0, 1), got {list(optimizer.betas)}")
+    if optimizer.eps <= 0 or optimizer.lr_factor <= 0:
+        raise UserError("optimizer.eps and optimizer.lr_factor must be positive")
+    model = recipe.model
+    names = {
+        "model.arch": (ARCHITECTURES, [model.arch]),
+        "model.stem": (STEMS, [model.stem]),
+        "model.shortcut": (SHORTCUTS, [model.shortcut]),
+        "optimizer.name": (OPTIMIZERS, [optimizer.name]),
+        "schedule.name": (SCHEDULES, [recipe.schedule.name]),
+        "loss.name": (LOSSES, [recipe.loss.name]),
+        "augment.ops": (AUGMENTATIONS, list(recipe.augment.ops)),
+        "trainer.hooks": (HOOKS, list(recipe.trainer.hooks)),
+    }
+    for key, (registry, values) in names.items():
+        for name in values:
+            if name not in registry:
+                raise unknown_choice(key, name, registry.names())
+    initializers = [*INITIALIZERS, *DATA_INITIALIZERS]
+    for name in (model.init, *model.post_init):
+        if name not in initializers:
+            raise unknown_choice("model.init", name, initializers)
+    _check_hook_values(recipe.trainer.hooks)
+
+
+def _check_hook_values(hooks: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, values in hooks.items():
+        for key, value in dict(values).items():
+            finite_number(f"trainer.hooks.{name}.{key}", value)
+
+
+def check_data_root(root: str) -> None:
+    """Check that the data root is a name the file system allows, and a folder if it exists."""
+    path = check_path_names("data.root", root)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"data.root '{root}' is a file; name the folder that holds train/ and "
+                        f"test/")
+
+
+def check_stores(tracking_uri: str, storage: str | None, study: str) -> None:
+    """Check both stores: schemes, drivers, paths, and that neither file is the other tool's."""
+    check_tracking(tracking_uri)
+    check_storage_target(storage if storage is not None else default_storage(study, tracking_uri))
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """Check that an MLflow URI is usable here and its file, if any, is no other tool's."""
+    if not tracking_uri.startswith(TRACKING_SCHEMES):
+        raise UserError(f"unsupported tracking_uri '{tracking_uri}'; use sqlite:///PATH.db, "
+                        f"http(s)://HOST:PORT or a postgresql:// database URL")
+    check_driver("tracking_uri", tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri.removeprefix("sqlite:///")
+        if not path:
+            raise UserError("tracking_uri 'sqlite:///' names no file, e.g. "
+                            "sqlite:///mlruns/mlflow.db")
+        folder = check_path_names("tracking_uri", path).parent
+        if not folder.is_dir() and folder.absolute() != Path("mlruns").absolute():
+            # Only the default store's folder is made on the fly: a typo elsewhere would
+            # otherwise leave a new, empty store behind.
+            raise UserError(f"tracking_uri '{tracking_uri}': folder '{folder}' does not exist")
+        check_mlflow_sqlite("tracking_uri", path)
+
+
+def check_storage_target(storage: str) -> None:
+    """Check that an Optuna storage's file, if any, is a journal or Optuna's own database."""
+    if "://" in storage:
+        check_driver("storage", storage)
+        if storage.startswith("sqlite:///"):
+            check_optuna_sqlite("storage", storage.removeprefix("sqlite:///"))
+        return
+    check_journal("storage", Path(storage.removeprefix("journal:")))
+
+
+def check_export(tracking_uri: str, out: str | None) -> None:
+    """Check what ``harness.export`` names: an existing MLflow store and a writable ``out``."""
+    check_tracking(tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(f"no MLflow store at '{path}'; run a study first or pass "
+                            f"tracking_uri=sqlite:///PATH")
+    if out is not None:
+        check_writable_folder("out", out)
+

@@ -1,0 +1,209 @@
+"""Read a study back from MLflow (and its Optuna importances) into the runs table.
+
+See :mod:`harness.report.tables` for the runs table's columns. Stores written by older versions
+of the harness (without ``test_images`` or ``torch_seed``) still load: what they lack is NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from harness.errors import UserError, unknown_choice
+from harness.report.tables import Factors, option_text
+from harness.run_metrics import Metric, Param
+from harness.tracking import Tag
+
+IMPORTANCE_COLUMNS = ("param", "importance")
+
+
+def _json_tag(tags: Mapping[str, Any], name: str, where: str) -> Any:
+    text = tags.get(name)
+    if not isinstance(text, str):
+        raise UserError(f"{where} has no tag {name}; was it written by harness.tracking?")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where} tag {name} is not valid JSON ({error.msg})") from None
+
+
+def _parent_meta(
+    client: Any, experiment_id: str, experiment_name: str, parent_run_id: str | None
+) -> dict[str, Any]:
+    """Read factors, defaults and kind from the chosen parent run (default: the newest)."""
+    parents = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{Tag.ROLE}` = 'parent'",
+        order_by=["attributes.start_time DESC"],
+    )
+    if not parents:
+        raise UserError(f"experiment '{experiment_name}' has no parent run (harness.role=parent)")
+    if parent_run_id is None:
+        parent = parents[0]
+    else:
+        by_id = {run.info.run_id: run for run in parents}
+        if parent_run_id not in by_id:
+            raise unknown_choice(f"parent run of '{experiment_name}'", parent_run_id, by_id)
+        parent = by_id[parent_run_id]
+    tags = parent.data.tags
+    where = f"parent run {parent.info.run_id}"
+    factors_json = _json_tag(tags, Tag.FACTORS, where)
+    if not isinstance(factors_json, dict) or not factors_json:
+        raise UserError(f"{where} tag harness.factors is not a JSON object of trick → options")
+    factors = {trick: [option_text(o) for o in options] for trick, options in factors_json.items()}
+    defaults_json = _json_tag(tags, Tag.DEFAULTS, where) if Tag.DEFAULTS in tags else {}
+    if not isinstance(defaults_json, dict):
+        raise UserError(f"{where} tag harness.defaults is not a JSON object of trick → option")
+    defaults = {trick: option_text(option) for trick, option in defaults_json.items()}
+    for trick, options in factors.items():
+        defaults.setdefault(trick, options[0])  # the first option is the neutral one by convention
+    configs = _json_tag(tags, Tag.CONFIGS, where) if Tag.CONFIGS in tags else None
+    return {
+        "configs": configs,
+        "parent_run_id": parent.info.run_id,
+        "n_parents": len(parents),
+        "factors": factors,
+        "defaults": {trick: defaults[trick] for trick in factors},
+        "kind": tags.get(Tag.KIND, "grid"),
+        "optuna_storage": tags.get(Tag.OPTUNA_STORAGE),
+        "optuna_study_name": tags.get(Tag.OPTUNA_STUDY),
+    }
+
+
+def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
+    """Convert ``mlflow.search_runs`` columns (params.*, metrics.*, tags.*) to the runs schema."""
+    n = len(frame)
+
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame.columns else pd.Series([None] * n, index=frame.index)
+
+    toggles = column(f"tags.{Tag.TOGGLES}").map(
+        lambda text: json.loads(text) if isinstance(text, str) and text else {}
+    )
+    runs = pd.DataFrame(
+        {
+            "run_id": column("run_id"),
+            "status": column("status"),
+            "failure": column(f"tags.{Tag.FAILURE}"),
+        }
+    )
+    seeds = column(f"tags.{Tag.SEED}").fillna(column(f"params.{Param.SEED}"))
+    runs["seed"] = pd.to_numeric(seeds, errors="coerce").astype("Int64")
+    for trick in factors:
+        from_tag = toggles.map(lambda t, trick=trick: option_text(t[trick]) if trick in t else None)
+        runs[trick] = from_tag.fillna(column(f"params.{trick}")).astype(object)
+    for extra in ("lr_factor", "weight_decay"):  # Optuna's continuous parameters, when searched
+        if f"params.{extra}" in frame.columns:
+            runs[extra] = pd.to_numeric(frame[f"params.{extra}"], errors="coerce")
+    metrics = sorted(c for c in frame.columns if c.startswith("metrics."))
+    for name in metrics:
+        runs[name[len("metrics.") :]] = frame[name].astype(float)
+    for required in (Metric.TEST_ACC, Metric.VAL_ACC, Metric.TEST_LOSS, Metric.TRAIN_SECONDS,
+                     Metric.EPOCHS, Metric.TEST_IMAGES):
+        if required not in runs.columns:
+            runs[required] = np.nan
+    # Older runs did not log test_images; a test subset's size is in the recipe's params.
+    subset = pd.to_numeric(column(f"params.{Param.TEST_SIZE}"), errors="coerce")
+    runs[Metric.TEST_IMAGES] = runs[Metric.TEST_IMAGES].fillna(subset)
+    runs["device"] = column(f"tags.{Tag.DEVICE}")
+    return runs.reset_index(drop=True)
+
+
+def load_runs(
+    tracking_uri: str, study: str, budget: str, parent_run_id: str | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Load a study's trial runs from MLflow into the runs schema of this module.
+
+    An experiment holds one parent run per distinct study configuration (a resumed study reopens
+    its parent); only the trials of one parent are read, so runs of a differently restricted or
+    fixed study never mix into the effects.
+
+    Args:
+        tracking_uri: MLflow tracking URI, e.g. ``sqlite:///mlruns/mlflow.db``.
+        study: Study name; the experiment is ``f"{study}-{budget}"``.
+        budget: Budget name, e.g. ``"cpu"``.
+        parent_run_id: The study's parent run; default: the newest parent of the experiment.
+
+    Returns:
+        ``(runs, meta)``; ``meta`` has ``study, budget, experiment, experiment_id, tracking_uri,
+        parent_run_id, n_parents, n_runs, factors, defaults, kind, optuna_storage,
+        optuna_study_name``
+        from the parent run's tags. A toggle missing from a run is filled with its default.
+
+    Raises:
+        UserError: The experiment does not exist (the message names those that do), the parent
+            run is unknown, or there is no parent run or no trial run.
+    """
+    name = f"{study}-{budget}"
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        existing = sorted(e.name for e in client.search_experiments())
+        listed = ", ".join(existing) if existing else "none"
+        raise UserError(f"no experiment '{name}' at {tracking_uri}; experiments there: {listed}")
+    meta = _parent_meta(client, experiment.experiment_id, name, parent_run_id)
+    children = (
+        f"tags.`{Tag.ROLE}` = 'trial' and tags.`{Tag.PARENT}` = '{meta['parent_run_id']}'"
+    )
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below
+    try:
+        frame = mlflow.search_runs(
+            experiment_ids=[experiment.experiment_id],
+            filter_string=children,
+            output_format="pandas",
+        )
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    if frame.empty:
+        raise UserError(f"parent run {meta['parent_run_id']} of '{name}' has no trial runs yet")
+    runs = _runs_from_search(frame, meta["factors"])
+    for trick, default in meta["defaults"].items():
+        runs[trick] = runs[trick].fillna(default)
+    meta.update(
+        study=study,
+        budget=budget,
+        experiment=name,
+        experiment_id=experiment.experiment_id,
+        tracking_uri=tracking_uri,
+        n_runs=len(runs),
+    )
+    return runs, meta
+
+
+def optuna_importances(storage_url: str, study_name: str) -> pd.DataFrame | None:
+    """Return Optuna's parameter importances of a study, or None when they cannot be computed.
+
+    Args:
+        storage_url: An RDB URL (``sqlite:///...``, ``postgresql://...``) or the path of a
+            journal file.
+        study_name: The Optuna study's name.
+
+    Returns:
+        Columns :data:`IMPORTANCE_COLUMNS`, most important first (importances sum to 1); None with
+        fewer than two completed trials or when Optuna fails (missing storage, one value only).
+    """
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage: Any = storage_url
+        if "://" not in storage_url:
+            backend = optuna.storages.journal.JournalFileBackend(str(Path(storage_url)))
+            storage = optuna.storages.JournalStorage(backend)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(completed) < 2:
+            return None
+        importances = optuna.importance.get_param_importances(study)
+    except Exception:  # importances are optional: the report goes on without them
+        return None
+    if not importances:
+        return None
+    return pd.DataFrame(list(importances.items()), columns=list(IMPORTANCE_COLUMNS))

@@ -1,0 +1,185 @@
+"""Build a study's report once: compute every table, write the files, log them to MLflow."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report.effects import INTERACTION_COLUMNS, interactions
+from harness.report.figures import cost_accuracy_chart, pareto_chart
+from harness.report.load import load_runs, optuna_importances
+from harness.report.render import format_verdict, verdict_markdown
+from harness.report.tables import config_table
+from harness.report.verdict import Verdict, pareto_verdict
+
+ARTIFACT_DIR = "report"
+"""The folder of the parent run's artifacts that holds the report."""
+
+REPORT_FILES = {
+    "configs": "configs.csv",
+    "effects": "effects.csv",
+    "interactions": "interactions.csv",
+    "verdict": "verdict.md",
+    "pareto": "pareto.png",
+    "cost_vs_accuracy": "cost_vs_accuracy.png",
+    "importances": "importances.csv",
+}
+"""Report name → file name in the output folder (importances only for Optuna searches)."""
+
+Writer = Callable[[Path], object]
+
+
+@dataclass
+class Report:
+    """A written report: its verdict, tables, printout and the files in the output folder."""
+
+    verdict: Verdict
+    configs: pd.DataFrame
+    text: str
+    paths: dict[str, Path]
+    meta: Mapping[str, Any]
+
+
+def _write_all(writers: Mapping[str, Writer], paths: Mapping[str, Path]) -> None:
+    """Write every file to a temporary twin first, then move them all into place.
+
+    A failure while writing leaves the folder as it was: no file is half-written and no old
+    report is mixed with parts of a new one.
+    """
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            target = paths[name]
+            # A hidden random twin in the same folder, so os.replace is an atomic rename; the
+            # suffix stays last because matplotlib and pandas pick the format by it.
+            staged[name] = target.with_name(f".{target.stem}.{secrets.token_hex(4)}{target.suffix}")
+            write(staged[name])
+        for name, temporary in staged.items():
+            os.replace(temporary, paths[name])
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+
+
+def _csv(frame: pd.DataFrame) -> Writer:
+    return lambda path: frame.to_csv(path, index=False)
+
+
+def write_report(
+    runs: pd.DataFrame, meta: Mapping[str, Any], out_dir: str | Path, resamples: int | None = None
+) -> Report:
+    """Compute every table of the report once, then write the files into ``out_dir``.
+
+    Files (see :data:`REPORT_FILES`): ``configs.csv``, ``effects.csv`` (with ``p_value``,
+    ``p_adjusted`` and ``call``), ``interactions.csv`` (header only unless the study is a grid of
+    at least two tricks), ``verdict.md``, ``pareto.png``, ``cost_vs_accuracy.png``, and
+    ``importances.csv`` for an Optuna search whose importances can be computed. All are computed
+    before any is written, and all are moved into place together at the end.
+
+    Args:
+        runs: One row per trial run, as :func:`harness.report.load_runs` returns it.
+        meta: Needs ``factors`` and ``defaults``; reads ``kind``, ``configs``, ``optuna_storage``
+            and ``optuna_study_name`` when present.
+        out_dir: The folder to write into; created if absent.
+        resamples: Bootstrap resamples of the stability column; default
+            :data:`harness.report.verdict.BOOTSTRAP_RESAMPLES`.
+
+    Returns:
+        The report; its ``paths`` map report names (keys of :data:`REPORT_FILES`) to files.
+    """
+    factors, defaults = meta["factors"], meta["defaults"]
+    kind = meta.get("kind", "grid")
+    configs = config_table(runs, factors)
+    extra = {} if resamples is None else {"resamples": resamples}
+    verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"), kind=kind,
+                             images=meta.get("test_images", math.nan), **extra)
+    pair_effects = (interactions(runs, factors, defaults) if kind == "grid" and len(factors) >= 2
+                    else pd.DataFrame(columns=list(INTERACTION_COLUMNS)))
+    markdown = verdict_markdown(verdict, configs)
+    writers: dict[str, Writer] = {
+        "configs": _csv(configs),
+        "effects": _csv(verdict.effects),
+        "interactions": _csv(pair_effects),
+        "verdict": lambda path: path.write_text(markdown, encoding="utf-8"),
+        "pareto": lambda path: pareto_chart(verdict, path),
+        "cost_vs_accuracy": lambda path: cost_accuracy_chart(configs, path, defaults),
+    }
+    storage, study_name = meta.get("optuna_storage"), meta.get("optuna_study_name")
+    text = format_verdict(verdict)
+    if kind == "optuna" and storage and study_name:
+        importances = optuna_importances(storage, study_name)
+        if importances is not None:
+            writers["importances"] = _csv(importances)
+            top = ", ".join(f"{row.param} {100 * row.importance:.0f}%"
+                            for row in importances.head(3).itertuples(index=False))
+            text += f"\nOptuna's parameter importances: {top}."
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / REPORT_FILES[name] for name in writers}
+    _write_all(writers, paths)
+    return Report(verdict=verdict, configs=configs, text=text, paths=paths, meta=meta)
+
+
+def log_report_to_mlflow(paths: Mapping[str, Path], parent_run_id: str, tracking_uri: str) -> None:
+    """Log the report files as artifacts under ``report/`` of the study's parent run.
+
+    The markdown goes through ``log_text`` so that the MLflow UI shows it as text; the other
+    files through ``log_artifact``.
+
+    Args:
+        paths: ``Report.paths`` from :func:`write_report`.
+        parent_run_id: The study's parent run.
+        tracking_uri: Its MLflow tracking URI.
+    """
+    import mlflow  # imported here: writing the files must not need a tracking client
+
+    client = mlflow.MlflowClient(tracking_uri)
+    for name, path in paths.items():
+        path = Path(path)
+        if name == "verdict":
+            client.log_text(
+                parent_run_id, path.read_text(encoding="utf-8"), f"{ARTIFACT_DIR}/{path.name}"
+            )
+        else:
+            client.log_artifact(parent_run_id, str(path), ARTIFACT_DIR)
+
+
+def build_report(
+    tracking_uri: str,
+    study: str,
+    budget: str,
+    out_dir: str | Path,
+    parent_run_id: str | None = None,
+    log_to_mlflow: bool = False,
+) -> Report:
+    """Load a study from MLflow, write its report, optionally log it to the parent run.
+
+    The one entry used at the end of a study and by ``python -m harness.export``.
+
+    Args:
+        tracking_uri: The MLflow store.
+        study: Study name; the experiment is ``f"{study}-{budget}"``.
+        budget: Budget name.
+        out_dir: The folder to write into.
+        parent_run_id: The study's parent run; default: the newest.
+        log_to_mlflow: Also log the files under ``report/`` of the parent run.
+
+    Returns:
+        The report.
+
+    Raises:
+        UserError: From :func:`harness.report.load_runs` (no such study, no trial runs, ...).
+    """
+    runs, meta = load_runs(tracking_uri, study, budget, parent_run_id=parent_run_id)
+    report = write_report(runs, meta, out_dir)
+    if log_to_mlflow:
+        log_report_to_mlflow(report.paths, meta["parent_run_id"], tracking_uri)
+    return report

@@ -1,0 +1,27 @@
+"""The MLflow metric and param names a trial writes and the report reads: their one home.
+
+The tag names live in :class:`harness.tracking.Tag`; these are the numbers. Both
+:mod:`harness.trial_logging` (the writer) and :mod:`harness.report` (the reader) import them.
+"""
+
+from __future__ import annotations
+
+
+class Metric:
+    """Final metrics of one trial run (accuracies in percent, 0-100)."""
+
+    TEST_ACC = "test_acc"
+    TEST_LOSS = "test_loss"
+    VAL_ACC = "val_acc"  # logged every epoch; MLflow keeps the last value as the run's
+    TRAIN_SECONDS = "train_seconds"
+    EPOCHS = "epochs_completed"
+    IMAGES_PER_SEC = "images_per_sec_mean"
+    TEST_IMAGES = "test_images"  # how many test images the accuracy is over: the binomial floor
+    PER_CLASS_PREFIX = "test_acc_"  # + class name: per-class test accuracy
+
+
+class Param:
+    """Params of one trial run the report reads (each trick's option is a param named by it)."""
+
+    SEED = "seed"  # the replicate seed; the derived torch seed is param ``torch_seed``
+    TEST_SIZE = "data.test_size"  # the recipe's test subset; "None" means the whole test split

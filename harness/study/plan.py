@@ -1,0 +1,174 @@
+"""A study's plan: what its trials are, each one's recipe and seed, and where they are stored.
+
+The plan is everything a worker needs and nothing of the command line: the CLI builds it
+(``RunConfig.plan()``), the launchers hand it to every worker, and the queue turns its grid cells
+into waiting Optuna trials. A grid cell is known by its queue key, the JSON of its Optuna params
+(config label and seed); two trials with one key compute the same thing, so only one may count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from harness.recipe import Recipe
+from harness.study.spec import SearchRange
+from harness.tricks import TRICKS, apply_toggles
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trial of a grid: a config and a replicate seed."""
+
+    toggles: dict[str, str]
+    seed: int
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The Optuna params this cell is enqueued with."""
+        return {"config": config_label(self.toggles), "seed": self.seed}
+
+    @property
+    def key(self) -> str:
+        """The queue key: one finished trial per key."""
+        return queue_key(self.params)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that defines a study's trials and where they go; picklable for workers."""
+
+    study: str  # the study file's name
+    description: str
+    kind: str  # grid | optuna
+    budget: str  # smoke | cpu | full
+    recipe: Recipe  # the base recipe, before any toggle
+    factors: dict[str, list[str]]  # trick → options crossed (grid) or searched (optuna)
+    fixed: dict[str, str]  # toggles that hold in every trial
+    configs: tuple[dict[str, str], ...]  # every grid config, fixed toggles included
+    listed_configs: bool  # the study file lists its configs rather than crossing its factors
+    seeds: tuple[int, ...]
+    n_trials: int | None  # optuna studies only
+    objective: str
+    direction: str
+    pruner: str
+    search: dict[str, SearchRange]
+    storage: str | None  # Optuna storage URL or journal path; None for the default journal
+    tracking_uri: str  # MLflow; the launcher checks and resolves it (absolute for SQLite)
+    device: str
+    progress: bool
+    stale_after: float  # seconds without a heartbeat before a RUNNING trial counts as dead
+    command_line: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The MLflow experiment: study and budget, so budgets never mix."""
+        return f"{self.study}-{self.budget}"
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A short hash of everything that defines the trials (see :func:`study_key`)."""
+        return study_key(self)
+
+    @property
+    def optuna_study_name(self) -> str:
+        """The Optuna study of this plan: a changed setup is a new study."""
+        return f"{self.name}-{self.key}"
+
+    @property
+    def total_trials(self) -> int:
+        """Trials a complete study holds: every config × seed, or ``n_trials``."""
+        if self.kind == "grid":
+            return len(self.configs) * len(self.seeds)
+        return int(self.n_trials or 0)
+
+    def cells(self) -> list[Cell]:
+        """Every (config, seed) of a grid, in study order; empty for a search."""
+        if self.kind != "grid":
+            return []
+        return [Cell(dict(config), seed) for config in self.configs for seed in self.seeds]
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """Config label → toggles, for the grid's ``config`` param."""
+        return {config_label(c): dict(c) for c in self.configs}
+
+    def trial_recipe(self, toggles: dict[str, str], seed: int,
+                     numeric: dict[str, float] | None = None) -> Recipe:
+        """Return the recipe of one trial: the base recipe, numeric search values, then toggles.
+
+        ``seed`` is the replicate seed of the study's ``seeds``; the recipe's seed is derived
+        from it and the toggles (:func:`torch_seed`).
+        """
+        recipe = self.recipe
+        if numeric:
+            values = recipe.to_dict()
+            for key, value in numeric.items():
+                section, name = key.split(".", 1)
+                values[section][name] = value
+            recipe = Recipe.from_dict(values)
+        recipe = apply_toggles(recipe, toggles)
+        return dataclasses.replace(recipe, seed=torch_seed(toggles, seed))
+
+    def study_config(self) -> dict[str, Any]:
+        """Return the whole study as one JSON-able mapping, logged to the parent run."""
+        return {
+            "study": self.study, "description": self.description, "kind": self.kind,
+            "budget": self.budget, "seeds": list(self.seeds), "factors": self.factors,
+            "fixed": self.fixed, "configs": list(self.configs), "n_trials": self.n_trials,
+            "objective": self.objective, "base_recipe": self.recipe.to_dict(),
+            "command_line": list(self.command_line),
+        }
+
+
+def queue_key(params: dict[str, Any]) -> str:
+    """Return the key of a trial's params: equal params, equal key."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def config_label(toggles: dict[str, str]) -> str:
+    """Return ``"stem=deep,depth=resnet34"``: the name of a config in Optuna and MLflow."""
+    return ",".join(f"{k}={v}" for k, v in toggles.items()) or "baseline"
+
+
+def run_name(toggles: dict[str, str], seed: int) -> str:
+    """Return a short MLflow run name: the non-default toggles, e.g. ``stem=deep s0``.
+
+    The full toggles are params; the name only has to tell runs apart in the UI's narrow column.
+    """
+    changed = [f"{k}={v}" for k, v in toggles.items() if v != TRICKS.get(k).default]
+    return f"{'+'.join(changed) or 'baseline'} s{seed}"
+
+
+def study_key(plan: Plan) -> str:
+    """Return a short hash of everything that defines the study's trials.
+
+    The same command gives the same key, so it resumes; a changed recipe, factor or seed list
+    gives a new key, so results of different setups never mix in one Optuna study.
+    """
+    content = {
+        "study": plan.study, "budget": plan.budget, "kind": plan.kind,
+        "recipe": plan.recipe.to_dict(), "configs": list(plan.configs),
+        "seeds": list(plan.seeds), "factors": plan.factors, "fixed": plan.fixed,
+        "search": {k: dataclasses.asdict(v) for k, v in plan.search.items()},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def torch_seed(toggles: dict[str, str], replicate: int) -> int:
+    """Return the seed a trial trains with, derived from its config and its replicate seed.
+
+    Configs that shared one seed would share their initial weights wherever their networks
+    agree, and their batch order and augmentation draws: partner configs would then differ by
+    nearly the same amount every time, and an effect's spread over partners would hide the noise
+    a new seed brings. Deriving the seed from (config, replicate) makes every trial an
+    independent draw, while the same config and replicate always get the same seed. The derived
+    seed is logged (``Recipe.seed``, tag ``harness.torch_seed``), so a run is reproducible from
+    what MLflow holds.
+    """
+    content = json.dumps({"config": dict(sorted(toggles.items())), "replicate": replicate},
+                         sort_keys=True)
+    return int.from_bytes(hashlib.sha256(content.encode()).digest()[:4], "big") % (2**31)

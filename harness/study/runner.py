@@ -1,0 +1,426 @@
+"""Running a study's trials: open the study once per process, then claim, train and log.
+
+``prepare_study`` is what a command does before any worker starts: it checks the data, creates
+the Optuna study and the MLflow parent run (under the queue lock, so concurrent commands make
+one of each) and fills the queue. A ``Worker`` then claims trial after trial until the queue is
+drained, trains each through ``harness.train.fit`` and logs it to one MLflow child run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.data import PreparedData, prepare_data
+from harness.evaluate import Evaluation
+from harness.provenance import environment_tags
+from harness.recipe import Recipe
+from harness.study.plan import Plan, config_label, run_name
+from harness.study.queue import (
+    FAILURE_ATTR,
+    PROGRESS_ATTR,
+    RUN_ATTR,
+    STALE,
+    Filled,
+    Heartbeat,
+    Owner,
+    TrialQueue,
+)
+from harness.study.storage import default_storage, heartbeat_interval, open_storage, queue_lock
+from harness.tracking import Tag, Tracker
+from harness.train import device_name, fit, resolve_device
+from harness.trial_logging import log_trial_outcome
+from harness.tricks import TRICKS
+
+# BruteForceSampler and the heartbeat are "experimental" in Optuna; the warning says nothing to
+# a user.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@dataclass
+class TrialSummary:
+    """One trial's outcome, for the printout at the end of a study."""
+
+    number: int
+    toggles: dict[str, str]
+    seed: int
+    status: str  # finished | diverged | pruned | crashed | interrupted
+    val_acc: float = math.nan
+    test_acc: float = math.nan
+    train_seconds: float = 0.0
+    test: Evaluation | None = None
+    run_id: str = ""
+    worker: int = 0
+
+
+@dataclass
+class WorkerResult:
+    """What one worker did: its trials, and whether Ctrl-C stopped it."""
+
+    worker: int
+    trials: list[TrialSummary] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass
+class StudyOutcome:
+    """What one command did to a study, over all of its workers."""
+
+    name: str
+    experiment: str
+    parent_run_id: str
+    optuna_study_name: str
+    storage: str
+    tracking_uri: str  # as checked and resolved once (absolute for SQLite)
+    trials: list[TrialSummary] = field(default_factory=list)
+    skipped: int = 0  # trials already finished before this command
+    requeued: int = 0  # trials that earlier commands left crashed, interrupted or dead
+    interrupted: bool = False
+    lost_workers: list[str] = field(default_factory=list)  # workers that died, and how
+    still_running: int = 0  # trials other commands were still running when this one ended
+
+    @property
+    def crashed(self) -> int:
+        """Trials of this command that crashed."""
+        return sum(t.status == "crashed" for t in self.trials)
+
+
+def make_sampler(plan: Plan) -> optuna.samplers.BaseSampler:
+    """Return the sampler of a study: a grid never samples, a search uses TPE.
+
+    Every grid trial is enqueued with its params fixed, so its sampler is never asked; a
+    parallel search lies about running trials (``constant_liar``) so workers spread out.
+    """
+    if plan.kind == "grid":
+        return optuna.samplers.RandomSampler(seed=plan.seeds[0])
+    return optuna.samplers.TPESampler(seed=plan.seeds[0], constant_liar=True)
+
+
+def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
+    """MedianPruner on the per-epoch objective for searches that ask for it; none otherwise."""
+    if plan.kind == "optuna" and plan.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+class StudySession:
+    """One process's handle on a study: storage, Optuna study, queue lock and MLflow store.
+
+    Opening creates what does not exist yet (the journal or database tables, the Optuna study,
+    the MLflow experiment) under the queue lock, so processes that start together on a fresh
+    store create each one once.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.storage_url = plan.storage or default_storage(plan.study, plan.tracking_uri)
+        if plan.storage is None:
+            Path(self.storage_url).parent.mkdir(parents=True, exist_ok=True)
+        self.lock = queue_lock(self.storage_url)
+        # Optuna logs every failed trial with its traceback, Ctrl-C included; the harness prints
+        # one line per failure instead and keeps the traceback in the run's artifacts.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        with self.lock:
+            self.storage = open_storage(self.storage_url, plan.stale_after)
+            self.study = optuna.create_study(
+                study_name=plan.optuna_study_name, storage=self.storage,
+                sampler=make_sampler(plan), pruner=make_pruner(plan),
+                direction=plan.direction, load_if_exists=True,
+            )
+            self.tracker = Tracker(plan.tracking_uri)
+            self.experiment_id = self.tracker.experiment(plan.name)
+
+    def queue(self, owner: Owner) -> TrialQueue:
+        """Return the study's queue for ``owner``; trials it finds dead get their run closed."""
+        return TrialQueue(self.study, self.plan, self.lock, owner, self._close_dead_run)
+
+    def _close_dead_run(self, trial: FrozenTrial) -> None:
+        self.tracker.close_if_running([trial.user_attrs.get(RUN_ATTR, "")], STALE,
+                                      "its process died; the trial is run again")
+
+
+@dataclass
+class Prepared:
+    """A study ready for its workers: session, parent run, and what the queue held."""
+
+    session: StudySession
+    parent_run_id: str
+    data: PreparedData
+    filled: Filled
+
+
+def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = print) -> Prepared:
+    """Check the data, open the study, find or create its parent run and fill its queue.
+
+    Args:
+        plan: The study.
+        device: Where the base data is loaded (the in-process worker's device, or the CPU).
+        announce: Where the "resuming" lines go.
+    """
+    # Load the data before anything is written, so a bad data path fails cleanly.
+    data = prepare_data(plan.recipe.data, device)
+    session = StudySession(plan)
+    tracker = session.tracker
+    with session.lock:
+        parent = tracker.parent_run(
+            session.experiment_id, plan.key, plan.name, tags=_parent_tags(plan, session, data),
+            params={"study": plan.study, "budget": plan.budget, "kind": plan.kind,
+                    "seeds": list(plan.seeds), "configs": len(plan.configs) or plan.n_trials},
+        )
+        queue = session.queue(Owner.here())
+        queue.repair()
+        filled = queue.fill(at_start=True)
+    # The whole study config as one file, rather than params that crowd the UI's columns.
+    tracker.log_json(parent, plan.study_config(), "study_config.json")
+    if filled.requeued:
+        announce(f"resuming: {filled.requeued} interrupted trial(s) queued again")
+    if filled.done:
+        announce(f"resuming: {filled.done} trial(s) already done, "
+                 f"{max(plan.total_trials - filled.done, 0)} to run")
+    return Prepared(session, parent, data, filled)
+
+
+def _parent_tags(plan: Plan, session: StudySession, data: PreparedData) -> dict[str, str]:
+    defaults = {name: TRICKS.get(name).default for name in plan.factors}
+    return {
+        Tag.STUDY: plan.study, Tag.BUDGET: plan.budget,
+        Tag.KIND: plan.kind, Tag.FACTORS: json.dumps(plan.factors),
+        Tag.DEFAULTS: json.dumps(defaults), Tag.FIXED: json.dumps(plan.fixed),
+        **({Tag.CONFIGS: json.dumps([{k: c[k] for k in plan.factors} for c in plan.configs])}
+           if plan.listed_configs else {}),
+        Tag.OPTUNA_STORAGE: session.storage_url,
+        Tag.OPTUNA_STUDY: plan.optuna_study_name,
+        Tag.DEVICE: device_name(resolve_device(plan.device)), Tag.DATASET_DIGEST: data.digest,
+        Tag.NOTE: plan.description,
+    }
+
+
+class Worker:
+    """Claims trials from a study's queue and runs them until the queue is drained.
+
+    Args:
+        plan: The study.
+        session: This process's handle on the study.
+        parent_run_id: The MLflow parent run the trials go under.
+        owner: Who claims (this process, its worker number and launch).
+        announce: Where progress lines go (``print`` by default).
+        fit_progress: Show the training loop's own progress bars (one worker in a terminal).
+        data: The base data, already on this worker's device, if the caller has it.
+    """
+
+    def __init__(self, plan: Plan, session: StudySession, parent_run_id: str, owner: Owner,
+                 announce: Callable[[str], None] = print, fit_progress: bool = False,
+                 data: PreparedData | None = None) -> None:
+        self.plan = plan
+        self.session = session
+        self.parent_run_id = parent_run_id
+        self.owner = owner
+        self.announce = announce
+        self.fit_progress = fit_progress
+        self.device = resolve_device(plan.device)
+        self.tracker = session.tracker
+        self.storage = session.storage
+        self.labels = plan.labels()
+        self._data_cache: dict[Any, PreparedData] = {}
+        if data is not None:
+            self._data_cache[(plan.recipe.data, str(self.device))] = data
+        self.beat_every = heartbeat_interval(plan.stale_after)
+
+    def data(self, recipe: Recipe) -> PreparedData:
+        """Return the prepared data of a recipe, loaded once per data spec and device."""
+        key = (recipe.data, str(self.device))
+        if key not in self._data_cache:
+            self._data_cache.clear()  # one dataset on the device at a time
+            self._data_cache[key] = prepare_data(recipe.data, self.device)
+        return self._data_cache[key]
+
+    def run(self) -> WorkerResult:
+        """Claim and run trials until none is left and none runs elsewhere.
+
+        A worker with nothing to claim waits while other workers still run trials: if one of
+        them dies, its trial is queued again and this worker runs it. Ctrl-C (SIGINT) marks the
+        trial in flight interrupted, its run KILLED, and ends the worker with ``interrupted``.
+        """
+        result = WorkerResult(self.owner.worker)
+        queue = self.session.queue(self.owner)
+        waiting_said = False
+        try:
+            while True:
+                trial = queue.next()
+                if trial is None:
+                    state = queue.state()
+                    if state.drained:
+                        return result
+                    if not waiting_said:
+                        self.announce(f"waiting: {state.running} trial(s) still running "
+                                      f"elsewhere")
+                        waiting_said = True
+                    time.sleep(min(5.0, self.beat_every))
+                    continue
+                waiting_said = False
+                self.run_trial(trial, result.trials)
+        except KeyboardInterrupt:
+            result.interrupted = True
+            return result
+
+    def run_trial(self, trial: optuna.Trial, done: list[TrialSummary]) -> TrialSummary:
+        """Train, evaluate and log one claimed trial, then tell Optuna how it ended.
+
+        The summary goes into ``done`` as soon as the trial starts, so an interrupted trial is
+        reported too.
+        """
+        plan = self.plan
+        replaced = trial.user_attrs.get(RUN_ATTR)  # a retry names the run it replaces
+        if replaced:
+            self.tracker.close_if_running([replaced], STALE,
+                                          "its process died; the trial is run again")
+        toggles, seed, numeric = self._suggest(trial)
+        trial.set_user_attr("toggles", toggles)
+        summary = TrialSummary(trial.number, toggles, seed, "crashed", worker=self.owner.worker)
+        done.append(summary)
+        run_id = ""
+        try:
+            with Heartbeat(self.storage, trial._trial_id, self.beat_every):
+                recipe = plan.trial_recipe(toggles, seed, numeric)
+                data = self.data(recipe)
+                run_id = self._start_run(trial, recipe, toggles, seed, numeric, data)
+                summary.run_id = run_id
+                self.announce(f"trial {trial.number}: {config_label(toggles)} seed={seed}")
+                value = self._train(trial, recipe, data, run_id, summary)
+        except optuna.TrialPruned as exc:
+            self._end(trial, summary, "pruned", str(exc), "KILLED", TrialState.PRUNED)
+        except KeyboardInterrupt:
+            self._end(trial, summary, "interrupted", "stopped by the user", "KILLED",
+                      TrialState.FAIL)
+            raise
+        except Exception as exc:
+            if run_id:
+                self.tracker.log_text(run_id, traceback.format_exc(), "traceback.txt")
+            self._end(trial, summary, "crashed", f"{type(exc).__name__}: {exc}", "FAILED",
+                      TrialState.FAIL)
+            where = f" (traceback.txt in run {run_id})" if run_id else ""
+            self.announce(f"  crashed: {type(exc).__name__}: {exc}{where}; the study goes on")
+        else:
+            if summary.status == "diverged":
+                self.announce(f"  diverged: {value}")
+                self._end(trial, summary, "diverged", str(value), "FAILED", TrialState.FAIL)
+            elif self._tell(trial, value=float(value)):
+                self.tracker.end(run_id, "FINISHED")
+        return summary
+
+    def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, str], int, dict[str, float]]:
+        plan = self.plan
+        numeric: dict[str, float] = {}
+        if plan.kind == "grid":
+            label = trial.suggest_categorical("config", list(self.labels))
+            seed = trial.suggest_categorical("seed", list(plan.seeds))
+            return dict(self.labels[label]), int(seed), numeric
+        toggles = dict(plan.fixed)
+        for name, options in plan.factors.items():
+            toggles[name] = trial.suggest_categorical(name, options)
+        for key, span in plan.search.items():
+            numeric[key] = trial.suggest_float(key, span.low, span.high, log=span.log)
+        return toggles, plan.seeds[trial.number % len(plan.seeds)], numeric
+
+    def _start_run(self, trial: optuna.Trial, recipe: Recipe, toggles: dict[str, str],
+                   seed: int, numeric: dict[str, float], data: PreparedData) -> str:
+        plan = self.plan
+        tags = {
+            Tag.STUDY: plan.study, Tag.BUDGET: plan.budget,
+            Tag.TOGGLES: json.dumps(toggles), Tag.SEED: str(seed),
+            Tag.CONFIG: config_label(toggles), Tag.TRIAL: str(trial.number),
+            Tag.DEVICE: device_name(self.device), Tag.DATASET_DIGEST: data.digest,
+            Tag.STUDY_KEY: plan.key, Tag.TORCH_SEED: str(recipe.seed),
+            Tag.WORKER: str(self.owner.worker),
+        }
+        tags.update(environment_tags())
+        flat = {("torch_seed" if k == "seed" else k): v for k, v in recipe.flat().items()
+                if not k.startswith("toggles.")}
+        params = {**toggles, "seed": seed, **numeric, **flat}
+        run_id = self.tracker.start_trial(self.session.experiment_id, self.parent_run_id,
+                                          run_name(toggles, seed), tags, params)
+        trial.set_user_attr(RUN_ATTR, run_id)
+        self.tracker.log_json(run_id, recipe.to_dict(), "recipe.json")
+        return run_id
+
+    def _train(self, trial: optuna.Trial, recipe: Recipe, data: PreparedData, run_id: str,
+               summary: TrialSummary) -> float | str:
+        """Fit and evaluate; return the objective, or the reason when the run diverged."""
+        plan = self.plan
+        epochs = recipe.trainer.epochs
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            self.tracker.log_metrics(run_id, metrics, step=epoch)
+            trial.set_user_attr(PROGRESS_ATTR, {
+                "epoch": epoch, "epochs": epochs,
+                "images_per_sec": round(metrics.get("images_per_sec", 0.0), 1)})
+            value = metrics.get(plan.objective)
+            if plan.kind == "optuna" and value is not None:
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"{plan.objective} {value:.2f} at epoch "
+                                             f"{epoch} is below the median")
+
+        result = fit(recipe, data, device=self.device, callbacks=[on_epoch],
+                     progress=self.fit_progress, description=f"trial {trial.number}")
+        test = result.evaluate(data.test_x, data.test_y, data.classes)  # with its hooks (TTA)
+        log_trial_outcome(self.tracker, run_id, recipe, data, result, test)
+        summary.status = result.status
+        summary.test = test
+        summary.test_acc = test.accuracy
+        summary.train_seconds = result.train_seconds
+        last = result.history[-1] if result.history else {}
+        summary.val_acc = last.get("val_acc", math.nan)
+        if result.status == "diverged":
+            return result.reason
+        self.announce(f"  test {test.accuracy:.2f}%  val {summary.val_acc:.2f}%  "
+                      f"{result.train_seconds:.0f} s  {result.images_per_second:.0f} img/s")
+        objective = last.get(plan.objective)
+        if objective is None:  # no val split: fall back to training accuracy, never test
+            objective = last.get("train_acc", math.nan)
+        return float(objective)
+
+    def _end(self, trial: optuna.Trial, summary: TrialSummary, failure: str, reason: str,
+             run_status: str, state: TrialState) -> None:
+        summary.status = failure
+        # Declared dead by another worker meanwhile? _tell finds that out too.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr(FAILURE_ATTR, failure)
+        if self._tell(trial, state=state):
+            self._close_run(summary.run_id, failure, reason, run_status)
+
+    def _tell(self, trial: optuna.Trial, value: float | None = None,
+              state: TrialState | None = None) -> bool:
+        """Tell Optuna how a trial ended; False when another worker declared it dead meanwhile.
+
+        Optuna is told before MLflow: a trial that was queued again and re-run elsewhere must not
+        leave a second FINISHED run for its cell, so its run ends KILLED instead.
+        """
+        try:
+            # Optuna raises ValueError, not UpdateFinishedTrialError, for a trial that was
+            # already finished when tell() read it; the second covers a failure in between.
+            if self.storage.get_trial(trial._trial_id).state.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError
+            self.session.study.tell(trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._close_run(trial.user_attrs.get(RUN_ATTR, ""), STALE,
+                            "declared dead by another worker; its re-run counts", "KILLED")
+            return False
+        return True
+
+    def _close_run(self, run_id: str, failure: str, reason: str, status: str) -> None:
+        if run_id:
+            self.tracker.set_tags(run_id, {Tag.FAILURE: failure,
+                                           Tag.FAILURE_REASON: reason[:5000]})
+            self.tracker.end(run_id, status)

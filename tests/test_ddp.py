@@ -1,0 +1,141 @@
+"""One trial on two CPU ranks (gloo): the same training as on one device, and no rank left over."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from tiny_data import tiny_data
+
+from harness.errors import UserError
+from harness.recipe import AugmentSpec, ModelSpec, OptimizerSpec, Recipe, TrainerSpec
+from harness.train import fit
+
+pytestmark = pytest.mark.slow  # each test starts two Python processes
+
+
+def recipe(devices: int, **trainer) -> Recipe:
+    # SimpleCNN has no BatchNorm, so two ranks of 8 are exactly one batch of 16.
+    return Recipe(model=ModelSpec(arch="simplecnn"), optimizer=OptimizerSpec(lr=0.05),
+                  augment=AugmentSpec(ops=("crop", "flip")),
+                  trainer=TrainerSpec(**{"epochs": 2, "batch_size": 16, "devices": devices,
+                                         **trainer}), seed=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    # 70 images: the last batch of each epoch (6 rows) splits 3/3; validation splits 11/10.
+    return tiny_data(train=70, val=21, test=10, size=32)
+
+
+def test_two_ranks_train_the_weights_and_metrics_of_one_device(data):
+    logged: list[tuple[int, dict[str, float]]] = []
+    one = fit(recipe(1), data, device="cpu", progress=False)
+    two = fit(recipe(2), data, device="cpu", progress=False,
+              callbacks=[lambda epoch, metrics: logged.append((epoch, metrics))])
+    assert two.status == "finished" and two.epochs_completed == 2
+    assert [epoch for epoch, _ in logged] == [1, 2]
+    single, double = one.model.state_dict(), two.model.state_dict()
+    assert single.keys() == double.keys()
+    for key in single:
+        torch.testing.assert_close(double[key], single[key], atol=1e-4, rtol=0)
+    for a, b in zip(one.history, two.history):
+        for name in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert b[name] == pytest.approx(a[name], abs=1e-4), name
+    assert two.images_seen == one.images_seen
+    test_one = one.evaluate(data.test_x, data.test_y, data.classes)
+    test_two = two.evaluate(data.test_x, data.test_y, data.classes)
+    assert test_two.accuracy == test_one.accuracy
+
+
+def test_a_callback_that_raises_stops_every_rank_and_reaches_the_caller(data):
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch, metrics):
+        raise Pruned(f"epoch {epoch}")
+
+    with pytest.raises(Pruned, match="epoch 1"):
+        fit(recipe(2), data, device="cpu", progress=False, callbacks=[prune])
+    assert multiprocessing.active_children() == []
+
+
+def test_a_killed_rank_fails_the_run_and_leaves_no_process(data):
+    def kill_a_rank(epoch, metrics):
+        ranks = multiprocessing.active_children()
+        assert len(ranks) == 2
+        os.kill(ranks[-1].pid, signal.SIGKILL)
+
+    with pytest.raises(RuntimeError, match="rank"):
+        fit(recipe(2, epochs=3), data, device="cpu", progress=False, callbacks=[kill_a_rank])
+    assert multiprocessing.active_children() == []
+
+
+def test_a_global_batch_too_small_for_the_devices_is_one_line():
+    with pytest.raises(UserError, match="trainer.batch_size=3"):
+        Recipe(trainer=TrainerSpec(batch_size=3, devices=2))
+
+
+# 16 trials, each starting two Python processes: 380 s on 2 cores, too long for `make test`.
+@pytest.mark.skipif(os.environ.get("HARNESS_DDP_STUDY") != "1",
+                    reason="the 16-trial study on 2 ranks takes ~6 min; set HARNESS_DDP_STUDY=1")
+def test_tricks_study_on_two_ranks_finishes_every_trial(learnable_folder, tmp_path):
+    from test_study import store_args, trial_runs
+
+    from harness.checkpoint import load_checkpoint
+    from harness.run import main
+
+    assert main(["study=tricks", "trainer.devices=2", *store_args(learnable_folder,
+                                                                   tmp_path)]) == 0
+    client, runs, parents = trial_runs(tmp_path, "tricks-smoke")
+    assert len(runs) == 16 and {run.info.status for run in runs} == {"FINISHED"}
+    assert {run.data.params["trainer.devices"] for run in runs} == {"2"}
+    for run in runs[:2]:
+        path = client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", tmp_path)
+        assert load_checkpoint(path).model is not None  # a plain model, weights_only
+    assert multiprocessing.active_children() == []
+
+
+def test_a_rank_killed_mid_trial_crashes_that_trial_and_the_rerun_finishes_it(learnable_folder,
+                                                                             tmp_path):
+    from test_study import store_args, trial_runs
+
+    from harness.run import main
+
+    # Two configs (depth varies, the other factors are fixed), each trained on two ranks.
+    args = ["study=tricks", "trainer.devices=2", "stem=none", "init=default", "optimizer=sgd",
+            *store_args(learnable_folder, tmp_path)]
+    killed: list[int] = []
+
+    def kill_the_first_rank() -> None:
+        while not killed:
+            ranks = multiprocessing.active_children()
+            if ranks:
+                time.sleep(1.0)  # past its start: the trial is under way
+                os.kill(ranks[0].pid, signal.SIGKILL)
+                killed.append(ranks[0].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_first_rank, daemon=True)
+    killer.start()
+    main(args)
+    killer.join(timeout=60)
+    assert killed and multiprocessing.active_children() == []
+    _, runs, _ = trial_runs(tmp_path, "tricks-smoke")
+    assert sorted(run.info.status for run in runs) == ["FAILED", "FINISHED"]
+
+    assert main(args) == 0
+    _, runs, _ = trial_runs(tmp_path, "tricks-smoke")
+    assert sorted(run.info.status for run in runs) == ["FAILED", "FINISHED", "FINISHED"]
+    assert multiprocessing.active_children() == []
+
+
+def test_sync_bn_on_the_cpu_is_one_line_before_any_rank_starts(data):
+    with pytest.raises(UserError, match="sync_bn needs CUDA"):
+        fit(recipe(2, sync_bn=True), data, device="cpu", progress=False)
+    assert multiprocessing.active_children() == []

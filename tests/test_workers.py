@@ -1,0 +1,161 @@
+"""Many workers on one study: ``workers=N``, processes started at once, the Slurm launcher."""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import make_learnable_folder
+
+REPO = Path(__file__).resolve().parents[1]
+TOGGLES = ("stem", "init", "optimizer", "depth")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small learnable ImageFolder: enough for smoke trials, quick to train."""
+    return make_learnable_folder(tmp_path_factory.mktemp("images"), per_class_train=12,
+                                 per_class_test=4)
+
+
+def study_args(images: Path, tmp: Path) -> list[str]:
+    """The smoke tricks grid on generated images, into an embedded store under ``tmp``."""
+    return ["study=tricks", "budget=smoke", "progress=false", "data.name=imagefolder",
+            f"data.root={images}", "data.val_size=6", "data.train_size=null",
+            "data.test_size=null", f"tracking_uri=sqlite:///{tmp}/mlflow.db",
+            f"storage={tmp}/optuna.journal", f"out={tmp}/report"]
+
+
+def harness(args: list[str], cwd: Path = REPO) -> subprocess.Popen[str]:
+    """Start ``python -m harness.run ARGS`` in ``cwd``."""
+    return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def assert_exactly_once(tracking_uri: str) -> None:
+    """Assert 16 FINISHED trial runs, one per config, none RUNNING, under one parent run."""
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tricks-smoke")
+    runs = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'trial'")
+    parents = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'parent'")
+    assert len(parents) == 1
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    configs = {tuple(json.loads(r.data.tags["harness.toggles"])[t] for t in TOGGLES)
+               for r in finished}
+    assert len(finished) == 16 and len(configs) == 16
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert {r.data.tags["mlflow.parentRunId"] for r in finished} == {parents[0].info.run_id}
+
+
+@pytest.mark.slow
+def test_two_workers_run_the_grid_once(images, tmp_path):
+    process = harness([*study_args(images, tmp_path), "workers=2"])
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    assert "2 workers:" in out
+    assert_exactly_once(f"sqlite:///{tmp_path}/mlflow.db")
+    assert (tmp_path / "report").is_dir()
+
+
+@pytest.mark.slow
+def test_four_processes_at_once_on_a_fresh_store(images, tmp_path):
+    processes = [harness(study_args(images, tmp_path)) for _ in range(4)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for process, out in zip(processes, outputs):
+        assert process.returncode == 0, out
+        assert "Traceback" not in out, out
+    assert_exactly_once(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
+                    reason="submitit is not installed (pip install -e '.[slurm]')")
+def test_slurm_launcher_through_the_local_executor(images, tmp_path):
+    process = harness([*study_args(images, tmp_path), "workers=2", "launcher=slurm",
+                       "slurm.cluster=local"], cwd=tmp_path)  # its job files: ./mlruns/submitit
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    assert "submitted 2 worker task(s)" in out
+    assert_exactly_once(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def services():
+    """A real PostgreSQL server and a real MLflow server in a fresh folder; stopped afterwards."""
+    from harness.study import services
+
+    if not (services.PG_BIN / "pg_ctl").is_file():
+        pytest.skip(f"no PostgreSQL binaries in {services.PG_BIN}")
+    if importlib.util.find_spec("psycopg2") is None:
+        pytest.skip("psycopg2 is not installed (pip install -e '.[postgres]')")
+    # Under /tmp itself: the postgres user cannot enter pytest's root-only tmp folders.
+    folder = Path(tempfile.mkdtemp(prefix="harness-services-"))
+    pg_port = free_port()
+    try:
+        storage = services.start_postgres(folder, pg_port)
+        yield storage, services.start_mlflow(folder, pg_port, free_port())
+    finally:
+        services.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pinned_harness(args: list[str], core: int) -> subprocess.Popen[str]:
+    """Start a worker command pinned to one core, so three share two cores without thrashing."""
+    cores = sorted(os.sched_getaffinity(0))
+    return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {cores[core % len(cores)]}))
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgresql_survive_a_sigkill(images, tmp_path, services):
+    storage, tracking = services
+    # Trials of a few seconds, so the kill lands inside one; a short grace period, so the dead
+    # worker's trial is re-run within the test.
+    args = [*study_args(images, tmp_path)[:-3], f"storage={storage}", f"tracking_uri={tracking}",
+            f"out={tmp_path}/report", "trainer.epochs=8", "trainer.batch_size=4",
+            "stale_after=10"]
+    workers = [pinned_harness(args, core) for core in range(3)]
+    victim = workers[0]
+    seen = []
+    for line in victim.stdout:
+        seen.append(line)
+        if line.startswith("trial "):
+            time.sleep(0.5)
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL, "".join(seen)
+    killed = int(seen[-1].split()[1].rstrip(":"))
+    for worker in workers[1:]:
+        out, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, out
+    assert_exactly_once(tracking)
+    client = mlflow.MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("tricks-smoke")
+    runs = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'trial'")
+    dead = [r for r in runs if r.data.tags["harness.trial"] == str(killed)]
+    assert [r.info.status for r in dead] == ["KILLED"]
+    assert dead[0].data.tags["harness.failure"] == "stale"
+    again = [r for r in runs if r.info.status == "FINISHED"
+             and r.data.tags["harness.toggles"] == dead[0].data.tags["harness.toggles"]]
+    assert len(again) == 1
