@@ -26,7 +26,9 @@ OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 
 # SQLAlchemy's default driver of each database dialect, and the package that provides it.
 _DRIVERS = {
-    "postgresql": ("psycopg2", "psycopg2-binary"),
+    # SQLAlchemy 2.1 made psycopg (3) the default; the `postgres` extra installs psycopg2,
+    # which postgresql+psycopg2:// names.
+    "postgresql": ("psycopg", "psycopg[binary] (or write postgresql+psycopg2://)"),
     "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
     "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
     "postgresql+pg8000": ("pg8000", "pg8000"),
@@ -209,6 +211,9 @@ def check_journal(key: str, path: str | Path) -> Path:
         handle.seek(0)
         first = handle.readline(1 << 16)
     if head == SQLITE_HEADER:
+        if (sqlite_tables(path) or frozenset()) & MLFLOW_TABLES:
+            raise UserError(f"{key}: '{path}' is an MLflow database; Optuna needs a storage of "
+                            f"its own (leave storage= out for the default journal)")
         raise UserError(f"{key}: '{path}' is an SQLite database, not a journal file; "
                         f"for an SQLite storage write storage=sqlite:///{path}")
     try:
@@ -218,3 +223,18 @@ def check_journal(key: str, path: str | Path) -> Path:
     if not isinstance(record, dict) or "op_code" not in record:
         raise UserError(f"{key}: '{path}' is not an Optuna journal file")
     return path
+
+
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+",
+                    "mysql://", "mysql+", "mssql")
+
+
+def check_tracking_scheme(uri: str) -> None:
+    """Raise a UserError unless ``uri``'s scheme is one MLflow and this harness support."""
+    if uri.startswith(TRACKING_SCHEMES):
+        return
+    if uri.startswith("file:") or "://" not in uri:
+        raise UserError(f"tracking_uri '{uri}' is a plain file store, which MLflow no longer "
+                        f"supports; use sqlite:///PATH.db or http://HOST:PORT")
+    raise UserError(f"unsupported tracking_uri '{uri}'; use sqlite:///PATH.db, "
+                    f"http(s)://HOST:PORT or a postgresql:// database URL")

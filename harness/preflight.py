@@ -21,6 +21,7 @@ from harness.checks import (
     check_mlflow_sqlite,
     check_optuna_sqlite,
     check_path_names,
+    check_tracking_scheme,
     check_writable_folder,
     finite_number,
 )
@@ -38,7 +39,6 @@ from harness.study.storage import default_storage
 # Torch seeds are 64-bit, but the derived trial seed is taken mod 2**31 (see plan.torch_seed):
 # larger replicate seeds would collide for no gain.
 MAX_SEED = 2**31 - 1
-TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql", "mysql", "mssql")
 
 
 def check_run(cfg: RunConfig) -> None:
@@ -142,9 +142,7 @@ def check_stores(tracking_uri: str, storage: str | None, study: str) -> None:
 
 def check_tracking(tracking_uri: str) -> None:
     """Check that an MLflow URI is usable here and its file, if any, is no other tool's."""
-    if not tracking_uri.startswith(TRACKING_SCHEMES):
-        raise UserError(f"unsupported tracking_uri '{tracking_uri}'; use sqlite:///PATH.db, "
-                        f"http(s)://HOST:PORT or a postgresql:// database URL")
+    check_tracking_scheme(tracking_uri)
     check_driver("tracking_uri", tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
         path = tracking_uri.removeprefix("sqlite:///")
@@ -171,12 +169,12 @@ def check_storage_target(storage: str) -> None:
 
 def check_export(tracking_uri: str, out: str | None) -> None:
     """Check what ``harness.export`` names: an existing MLflow store and a writable ``out``."""
-    check_tracking(tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri.removeprefix("sqlite:///"))
         if not path.is_file():
             raise UserError(f"no MLflow store at '{path}'; run a study first or pass "
                             f"tracking_uri=sqlite:///PATH")
+    check_tracking(tracking_uri)
     if out is not None:
         check_writable_folder("out", out)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from harness.checks import check_tracking_scheme
 from harness.errors import UserError
 from harness.locks import FileLock
 
@@ -104,13 +105,8 @@ def check_tracking_uri(uri: str) -> str:
             reason = getattr(exc, "reason", exc)
             raise UserError(f"cannot reach the MLflow server at '{uri}': {reason}") from None
         return uri
-    if uri.startswith(("postgresql://", "postgresql+", "mysql://", "mysql+", "mssql")):
-        return uri
-    if uri.startswith("file:") or "://" not in uri:
-        raise UserError(f"tracking_uri '{uri}' is a plain file store, which MLflow no longer "
-                        f"supports; use sqlite:///PATH.db or http://HOST:PORT")
-    raise UserError(f"unsupported tracking_uri '{uri}'; use sqlite:///PATH.db, "
-                    f"http(s)://HOST:PORT or a postgresql:// database URL")
+    check_tracking_scheme(uri)
+    return uri
 
 
 class Tracker:
