@@ -174,13 +174,7 @@ def sqlite_tables(path: Path) -> frozenset[str] | None:
 
 def check_mlflow_sqlite(key: str, path: str | Path) -> Path:
     """Return ``path`` if it is absent, empty, or an SQLite file that is not another tool's."""
-    path = check_writable_file(key, path)
-    if not path.exists() or path.stat().st_size == 0:
-        return path
-    tables = sqlite_tables(path)
-    if tables is None:
-        raise UserError(f"{key}: '{path}' is not an SQLite database (an Optuna journal or a "
-                        f"text file?); name a new file or an MLflow database")
+    path, tables = _existing_tables(key, path, "name a new file or an MLflow database")
     if tables & OPTUNA_TABLES and not tables & MLFLOW_TABLES:
         raise UserError(f"{key}: '{path}' is an Optuna database, not an MLflow store")
     return path
@@ -188,17 +182,23 @@ def check_mlflow_sqlite(key: str, path: str | Path) -> Path:
 
 def check_optuna_sqlite(key: str, path: str | Path) -> Path:
     """Return ``path`` if it is absent, empty, or an SQLite file that is not MLflow's."""
-    path = check_writable_file(key, path)
-    if not path.exists() or path.stat().st_size == 0:
-        return path
-    tables = sqlite_tables(path)
-    if tables is None:
-        raise UserError(f"{key}: '{path}' is not an SQLite database; name a new .db file or a "
-                        f"journal file")
+    path, tables = _existing_tables(key, path, "name a new .db file or a journal file")
     if tables & MLFLOW_TABLES:
         raise UserError(f"{key}: '{path}' is an MLflow database; Optuna needs its own, e.g. "
                         f"sqlite:///{path.with_name('optuna.db')}")
     return path
+
+
+def _existing_tables(key: str, path: str | Path, instead: str) -> tuple[Path, frozenset[str]]:
+    """Return a writable ``path`` and its tables: none when absent or empty, else SQLite's."""
+    path = check_writable_file(key, path)
+    if not path.exists() or path.stat().st_size == 0:
+        return path, frozenset()
+    tables = sqlite_tables(path)
+    if tables is None:
+        raise UserError(f"{key}: '{path}' is not an SQLite database (an Optuna journal or a "
+                        f"text file?); {instead}")
+    return path, tables
 
 
 def check_journal(key: str, path: str | Path) -> Path:
