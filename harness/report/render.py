@@ -109,11 +109,21 @@ def guidance(verdict: Verdict) -> list[str]:
                      "configs (interactions count as noise) and seed noise is not measured.")
     undetermined = verdict.effects[verdict.effects["call"] == UNDETERMINED]
     if len(undetermined):
-        smallest = ", ".join(f"{row.trick}={row.option} ±{_number(row.detectable)}"
-                             for row in undetermined.itertuples(index=False))
-        lines.append(f"Undetermined means the interval includes 0; this study would detect "
-                     f"(80% of the time) effects of at least: {smallest} points.")
-        lines.append(_resolve_sentence(verdict))
+        measured = undetermined["detectable"].notna()
+        if measured.any():
+            smallest = ", ".join(f"{row.trick}={row.option} ±{_number(row.detectable)}"
+                                 for row in undetermined[measured].itertuples(index=False))
+            lines.append(f"Undetermined means the interval includes 0; this study would detect "
+                         f"(80% of the time) effects of at least: {smallest} points.")
+        if not measured.all():
+            names = ", ".join(f"{row.trick}={row.option}"
+                              for row in undetermined[~measured].itertuples(index=False))
+            lines.append(f"No interval exists for {names}: with one seed and a single partner "
+                         f"config there is no spread to measure the noise with; more seeds "
+                         f"give one.")
+        resolve = _resolve_sentence(verdict)
+        if resolve.strip(" ."):
+            lines.append(resolve)
     return lines
 
 
