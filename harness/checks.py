@@ -88,6 +88,60 @@ def check_device(name: str, cuda_count: int | None = None, mps: bool | None = No
     return name
 
 
+def check_device_fit(name: str, devices: int, workers: int | str = 1, trials_per_gpu: int = 1, *,
+                     sync_bn: bool = False, cuda_count: int | None = None,
+                     mps: bool | None = None) -> None:
+    """Check that ``workers`` trials of ``devices`` ranks each can train on ``device=name``.
+
+    On CUDA each rank of a trial has a GPU of its own, and each worker is one group of
+    ``devices`` ranks; ``trials_per_gpu`` workers may share a GPU, as with one device. So a
+    trial needs ``devices`` GPUs, and ``workers × devices`` must not exceed
+    ``trials_per_gpu × visible GPUs``. On the CPU the ranks are gloo processes and always fit.
+
+    Args:
+        name: The ``device=`` setting, already checked by :func:`check_device`.
+        devices: ``trainer.devices``: ranks per trial.
+        workers: Workers of the study running at once, or ``auto``.
+        trials_per_gpu: Workers packed onto each GPU.
+        sync_bn: ``trainer.sync_bn``, which needs CUDA.
+        cuda_count: GPUs visible here; None asks torch.
+        mps: Whether Apple's MPS backend is usable; None asks torch.
+    """
+    if devices == 1:
+        return
+    import torch
+
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if mps is None:
+        backend = getattr(torch.backends, "mps", None)
+        mps = bool(backend and backend.is_available())
+    kind = name.partition(":")[0]
+    if kind == "auto":  # as harness.train.resolve_device picks
+        kind = "cuda" if cuda_count else "mps" if mps else "cpu"
+    if kind not in ("cuda", "cpu"):
+        raise UserError(f"trainer.devices={devices} needs CUDA or the CPU, not {kind}")
+    if sync_bn and kind != "cuda":
+        raise UserError("trainer.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+    if kind != "cuda":
+        return
+    if ":" in name:
+        raise UserError(f"device={name} pins one GPU; trainer.devices={devices} needs "
+                        f"device=cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+    if devices > cuda_count:
+        raise UserError(f"trainer.devices={devices} needs {devices} GPUs, one per rank; "
+                        f"{cuda_count} are visible")
+    # workers=auto starts trials_per_gpu workers per visible GPU (harness.study.launchers).
+    count = cuda_count * trials_per_gpu if workers == "auto" else int(workers)
+    if count * devices > cuda_count * trials_per_gpu:
+        fits = cuda_count * trials_per_gpu // devices
+        needs = (f"{count * devices} GPUs" if trials_per_gpu == 1 else
+                 f"{-(-count * devices // trials_per_gpu)} GPUs at trials_per_gpu="
+                 f"{trials_per_gpu}")
+        raise UserError(f"workers={workers} ({count}) × trainer.devices={devices} needs {needs}; "
+                        f"{cuda_count} are visible: use workers={fits} or fewer")
+
+
 def check_path_names(key: str, path: str | Path) -> Path:
     """Return ``path`` as a Path if each of its components fits the file system's name limit."""
     path = Path(path)

@@ -10,12 +10,14 @@ stores' kinds (an Optuna storage that is MLflow's database, or the other way rou
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from harness.checks import (
     check_device,
+    check_device_fit,
     check_driver,
     check_journal,
     check_mlflow_sqlite,
@@ -52,8 +54,10 @@ def check_run(cfg: RunConfig) -> None:
             raise UserError(f"seeds must be integers from 0 to {MAX_SEED}, got {seed}")
     check_search(cfg)
     # The base recipe too: a value every config's tricks replace is still a typo to report.
-    for recipe in (cfg.recipe, *trial_recipes(cfg)):
+    recipes = (cfg.recipe, *trial_recipes(cfg))
+    for recipe in recipes:
         check_recipe(recipe)
+    check_trial_devices(cfg, recipes)
     check_data_root(cfg.recipe.data.root)
     check_stores(cfg.tracking_uri, cfg.storage, cfg.study.name)
     if cfg.out is not None:
@@ -124,6 +128,45 @@ def _check_hook_values(hooks: Mapping[str, Mapping[str, Any]]) -> None:
     for name, values in hooks.items():
         for key, value in dict(values).items():
             finite_number(f"trainer.hooks.{name}.{key}", value)
+
+
+def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
+                        cuda_count: int | None = None) -> None:
+    """Check that the trials' ``trainer.devices`` ranks, ``workers`` of them at once, fit here.
+
+    Args:
+        cfg: The run.
+        recipes: Every recipe the study can train.
+        cuda_count: GPUs visible here; None asks torch.
+    """
+    launch = cfg.launch
+    started = torchrun_ranks()
+    if started > 1 and (launch.workers != 1 or launch.launcher != "local"):
+        raise UserError(f"under torchrun ({started} ranks) a study runs as one worker; drop "
+                        f"workers= and launcher=")
+    for trainer in {(r.trainer.devices, r.trainer.sync_bn) for r in recipes}:
+        devices, sync_bn = trainer
+        if started > 1:
+            if devices not in (1, started):
+                raise UserError(f"trainer.devices={devices} but torchrun started {started} "
+                                f"ranks; leave it out or make it {started}")
+            # torchrun placed the ranks, maybe on several machines: no GPUs to count here.
+            check_device_fit(cfg.device, started, sync_bn=sync_bn, cuda_count=started)
+        elif launch.launcher == "local":
+            check_device_fit(cfg.device, devices, launch.workers, launch.trials_per_gpu,
+                             sync_bn=sync_bn, cuda_count=cuda_count)
+        else:  # each Slurm task is one worker, on a machine of its own with its own GPUs
+            gpus = launch.slurm.gpus_per_task
+            if cfg.device != "cpu" and 0 < gpus < devices:
+                raise UserError(f"trainer.devices={devices} needs {devices} GPUs per worker; "
+                                f"slurm.gpus_per_task={gpus}")
+            check_device_fit("cuda" if cfg.device != "cpu" and gpus else "cpu", devices,
+                             sync_bn=sync_bn, cuda_count=gpus)
+
+
+def torchrun_ranks() -> int:
+    """Return how many ranks torchrun (or a scheduler setting its variables) started; 1 if none."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_data_root(root: str) -> None:

@@ -12,12 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from harness import distributed
 from harness.config import RunConfig, build_config, help_text
 from harness.errors import UserError, crash_line, error_line
 from harness.preflight import check_run
 from harness.study import config_label
-from harness.train import device_name, resolve_device
-from harness.tricks import describe_tricks
+from harness.train import device_name, fit, resolve_device
+from harness.tricks import describe_tricks, toggle_changes
 
 if TYPE_CHECKING:  # the runner pulls in MLflow, which --help and --dry-run do not need
     from harness.study.runner import StudyOutcome
@@ -46,6 +47,12 @@ def describe_plan(cfg: RunConfig) -> str:
     lines = [f"base recipe: {_recipe_summary(cfg)}"]
     if cfg.fixed:
         lines.append("fixed: " + config_label(cfg.fixed))
+    lines.append("what each option changes in the base recipe:")
+    for name, options in cfg.factors.items():
+        for option in options:
+            changes = toggle_changes(cfg.recipe, {name: option})
+            shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "nothing"
+            lines.append(f"  {name}={option}: {shown}")
     if cfg.study.kind == "grid":
         cells = cfg.plan().cells()
         for index, cell in enumerate(cells):
@@ -110,6 +117,11 @@ def run(argv: Sequence[str]) -> int:
         return 0
     cfg = build_config(overrides)
     check_run(cfg)  # before any data is read or store opened, --dry-run included
+    if distributed.torchrun_rank():
+        # A rank other than 0 under torchrun: it trains what rank 0 announces and says nothing.
+        if "--dry-run" not in flags:
+            distributed.follow(fit, cfg.device)
+        return 0
     requested = next((o.split("=", 1)[1] for o in overrides if o.startswith("budget=")), "auto")
     print(headline(cfg, requested), flush=True)
     if "--dry-run" in flags:
@@ -117,7 +129,10 @@ def run(argv: Sequence[str]) -> int:
         return 0
     from harness.study.launchers import run_study
 
-    outcome = run_study(cfg.plan(), cfg.launch)
+    try:
+        outcome = run_study(cfg.plan(), cfg.launch)
+    finally:
+        distributed.release_followers()  # under torchrun: the other ranks end with the study
     for lost in outcome.lost_workers:
         print(f"warning: {lost}", file=sys.stderr)
     if outcome.interrupted:

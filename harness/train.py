@@ -168,7 +168,8 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
 
     Args:
         recipe: The full description of the run.
-        data: Splits already on ``device``, normalised.
+        data: Splits already on ``device``, normalised. Ranks of a run on several devices may
+            get it on the CPU: each moves only its shard of the training set to its device.
         device: A torch device or ``auto``.
         callbacks: Called after each epoch with its metrics.
         progress: Show an epoch bar and a batch bar with images/s and ETA.
@@ -186,13 +187,35 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
         distributed.check_devices(recipe.trainer, device, group)
     if recipe.trainer.devices > 1 and not group.active:
         return _fit_on_devices(recipe, data, device, callbacks, progress, description)
+    if group.active:
+        device = distributed.rank_device(device, group)
+    if distributed.joined_torchrun():
+        # Under torchrun rank 0 runs the study and the others train what it announces; a
+        # failure only some ranks see would leave the others waiting, so it ends the job.
+        if group.leader:
+            distributed.announce(recipe, data.digest)
+        with distributed.fatal_unless_shared():
+            return _fit_here(recipe, data, device, callbacks, progress, description, group)
+    return _fit_here(recipe, data, device, callbacks, progress, description, group)
+
+
+def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
+              callbacks: Sequence[EpochCallback], progress: bool, description: str,
+              group: Group) -> TrainResult:
+    """Train in this process: on one device, or as one of several ranks."""
     if device.type == "cpu":
         # Ranks on one machine share its cores.
         torch.set_num_threads(max(1, usable_cores() // group.size))
         keep_freed_memory()
     placement = Placement.for_recipe(recipe, device)
     seed_everything(recipe.seed)
-    generator = torch.Generator(device=data.train_x.device).manual_seed(recipe.seed)
+    # Where the data lives on one device, on the rank's device with several: the same stream
+    # of shuffles and draws as one device there.
+    generator = torch.Generator(device=device if group.active else data.train_x.device)
+    generator.manual_seed(recipe.seed)
+    # With several ranks ``data`` may sit on the CPU: only this rank's shard of the training set
+    # and its share of the validation set go to the device.
+    take, validation = _training_rows(data, group, device)
 
     model = build_model(recipe.model, data.num_classes, data.in_channels, data.image_size,
                         sample=data.train_x)
@@ -239,7 +262,7 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
         started = time.perf_counter()
         watch = DivergenceWatch(device, _DIVERGENCE_CHECK_STEPS)
         batches = shuffled_rows(len(data.train_y), trainer.batch_size, generator,
-                                data.train_x.device)
+                                generator.device)
         for index, rows in enumerate(batches):
             if len(rows) < 2 * group.size and index > 0:
                 # Batch norm cannot train on one image (per rank): the odd ones out of this
@@ -248,14 +271,14 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
                 if index % trainer.grad_accum:
                     step = _optimizer_step(optimizer, schedule, peak_lrs, step, after_step)
                 break
-            images, labels = data.train_x.index_select(0, rows), data.train_y.index_select(0, rows)
+            images, labels = take(rows)
             if recipe.augment.ops:
                 images = augment(images, recipe.augment, generator)
             targets = labels  # a batch hook may make them soft; accuracy counts the labels
             if transform_batch is not None:
                 images, targets = transform_batch(images, labels, rows, epoch)
             if group.active:
-                # Every rank drew the same global batch; each trains on its own slice of it.
+                # Every rank put the same global batch together; each trains on its slice of it.
                 start, stop = group.bounds(len(rows))
                 images, targets = images[start:stop], targets[start:stop]
                 labels = labels[start:stop]
@@ -296,7 +319,7 @@ def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "aut
                              f"{seen} images (lr {recipe.optimizer.effective_lr:g})")
             break
         result.model = hooks.evaluation_model(model)
-        metrics = _epoch_metrics(result, data, group)
+        metrics = _epoch_metrics(result, validation, group)
         metrics.update(
             epoch=float(epoch),
             train_loss=train_loss,
@@ -346,7 +369,8 @@ def _run_callbacks(callbacks: Sequence[EpochCallback], epoch: int, metrics: dict
         except Exception as error:  # noqa: BLE001 - re-raised below, once every rank knows
             stop = error
     if group.any(stop is not None, device):
-        raise stop if stop is not None else distributed.StoppedByLeader(f"epoch {epoch}")
+        raise distributed.shared(stop if stop is not None
+                                 else distributed.StoppedByLeader(f"epoch {epoch}"))
 
 
 def _fit_on_devices(recipe: Recipe, data: PreparedData, device: torch.device,
@@ -368,17 +392,46 @@ def _fit_on_devices(recipe: Recipe, data: PreparedData, device: torch.device,
                        eval_batch_size=recipe.trainer.eval_batch_size)
 
 
-def _epoch_metrics(result: TrainResult, data: PreparedData, group: Group) -> dict[str, Any]:
-    if len(data.val_y) == 0:
+@dataclass(frozen=True)
+class _Validation:
+    """The validation images a rank scores, and every label.
+
+    One device scores every image; each of several ranks scores its share.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+
+def _training_rows(data: PreparedData, group: Group, device: torch.device) -> tuple[
+        Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], _Validation]:
+    """Return how a batch's rows become images and labels, and what validation scores."""
+    if not group.active:
+        def take(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return data.train_x.index_select(0, rows), data.train_y.index_select(0, rows)
+
+        return take, _Validation(data.val_x, data.val_y, data.classes)
+    shard = distributed.Shard.of(data.train_x, data.train_y, group, device)
+    start, stop = group.bounds(len(data.val_y))
+    return shard.batch, _Validation(data.val_x[start:stop].to(device), data.val_y.to(device),
+                                    data.classes)
+
+
+def _epoch_metrics(result: TrainResult, validation: _Validation,
+                   group: Group) -> dict[str, Any]:
+    if len(validation.labels) == 0:
         return {}
     if group.active:
         # Each rank scores its share of the validation set; the gathered logits are scored
         # whole, so the metrics are those of one device.
-        start, stop = group.bounds(len(data.val_y))
-        logits = group.gather_rows(result.predict(data.val_x[start:stop]), len(data.val_y))
-        scores = score(logits, data.val_y, data.classes)
+        logits = result.predict(validation.images)
+        if len(validation.images) == 0:  # fewer images than ranks: this rank has none
+            logits = logits.new_zeros((0, len(validation.classes)))
+        logits = group.gather_rows(logits, len(validation.labels))
+        scores = score(logits, validation.labels, validation.classes)
     else:
-        scores = result.evaluate(data.val_x, data.val_y, data.classes)
+        scores = result.evaluate(validation.images, validation.labels, validation.classes)
     return {"val_loss": scores.loss, "val_acc": scores.accuracy}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from harness.checkpoint import save_checkpoint
 from harness.data import PreparedData
-from harness.evaluate import Evaluation, predict
+from harness.evaluate import Evaluation
 from harness.figures import confusion_figure, per_class_figure, predictions_figure
 from harness.recipe import Recipe
 from harness.run_metrics import Metric
@@ -60,8 +60,7 @@ def log_trial_outcome(tracker: Tracker, run_id: str, recipe: Recipe, data: Prepa
     tracker.log_figure(run_id, per_class_figure(test), "figures/per_class_accuracy.png")
     shown = preview_indices(data.test_y.cpu(), PREVIEW_IMAGES).to(data.test_y.device)
     images, labels = data.test_x[shown], data.test_y[shown]
-    predicted = predict(result.model, images, PREVIEW_IMAGES, result.placement.autocast_dtype,
-                        result.placement.memory_format).argmax(dim=1)
+    predicted = result.predict(images).argmax(dim=1)  # as evaluated: TTA and averaged weights
     tracker.log_figure(run_id, predictions_figure(images.cpu(), labels.cpu(), predicted.cpu(),
                                                   data.classes, data.mean, data.std),
                        "figures/test_predictions.png")

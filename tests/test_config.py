@@ -29,6 +29,13 @@ def test_every_study_composes_and_dry_runs(study, budget, capsys):
     assert first.startswith(f"study {study} · budget {budget}")
 
 
+def test_dry_run_says_what_each_option_changes():
+    plan = describe_plan(build_config(["study=tricks", "budget=smoke"]))
+    assert "  stem=deep: model.stem=deep" in plan
+    assert "  stem=none: nothing" in plan
+    assert "  optimizer=adam: optimizer.name=adam, optimizer.lr=0.001" in plan
+
+
 def test_tricks_grid_is_the_full_factorial():
     cfg = build_config(["study=tricks", "budget=cpu"])
     assert len(cfg.configs) == 16

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from tests.conftest import make_learnable_folder
@@ -58,6 +60,22 @@ def assert_exactly_once(tracking_uri: str) -> None:
     assert {r.data.tags["mlflow.parentRunId"] for r in finished} == {parents[0].info.run_id}
 
 
+NEGATIVE_SHARE = re.compile(r"-\d+(\.\d+)?%")
+
+
+def assert_sane_report(outputs: list[str], report: Path) -> None:
+    """Assert the final report counts all 16 trials and no output calls a live run crashed."""
+    for out in outputs:
+        assert "crashed" not in out, out
+        assert not NEGATIVE_SHARE.search(out), out
+    verdict = (report / "verdict.md").read_text()
+    assert "crashed" not in verdict and not NEGATIVE_SHARE.search(verdict), verdict
+    assert "still running elsewhere" not in verdict, verdict
+    effects = pd.read_csv(report / "effects.csv")
+    assert set(effects["call"]) <= {"helps", "hurts", "undetermined"}
+    assert (effects["n_pairs"] == 8).all(), effects  # every option has all 8 partner pairs
+
+
 @pytest.mark.slow
 def test_two_workers_run_the_grid_once(images, tmp_path):
     process = harness([*study_args(images, tmp_path), "workers=2"])
@@ -65,7 +83,7 @@ def test_two_workers_run_the_grid_once(images, tmp_path):
     assert process.returncode == 0, out
     assert "2 workers:" in out
     assert_exactly_once(f"sqlite:///{tmp_path}/mlflow.db")
-    assert (tmp_path / "report").is_dir()
+    assert_sane_report([out], tmp_path / "report")
 
 
 @pytest.mark.slow
@@ -76,6 +94,8 @@ def test_four_processes_at_once_on_a_fresh_store(images, tmp_path):
         assert process.returncode == 0, out
         assert "Traceback" not in out, out
     assert_exactly_once(f"sqlite:///{tmp_path}/mlflow.db")
+    # Whoever ends last writes the complete report; the others say what still runs elsewhere.
+    assert_sane_report(outputs, tmp_path / "report")
 
 
 @pytest.mark.slow
