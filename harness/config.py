@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from harness.errors import UserError, unknown_choice
 from harness.recipe import SECTIONS, Recipe
 from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
-from harness.study.plan import Plan
+from harness.study.plan import Plan, experiment_name, grown_seeds
 from harness.study.spec import StudySpec, list_studies, load_study
 from harness.study.storage import check_storage
 from harness.tricks import TRICKS, load_tricks
@@ -31,7 +31,11 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 SETTINGS: dict[str, tuple[Any, str]] = {
     "study": (DEFAULT_STUDY, "study file in studies/ to run"),
     "budget": ("auto", "smoke | cpu | full | auto (full on CUDA, cpu otherwise)"),
-    "seeds": (None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's"),
+    "seeds": (None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's. "
+              "seeds=+N adds N new seeds to those with finished runs (a grown study trains "
+              "only the new trials)"),
+    "rerun": (False, "train every trial again, even those with a finished run; the new runs "
+              "replace the old ones in reports (nothing is deleted)"),
     "n_trials": (None, "trials of an optuna study; default: the study's"),
     "storage": (None, "Optuna storage: a journal file path or an RDB URL; default: "
                 "optuna/<study>.journal beside the MLflow SQLite store"),
@@ -75,6 +79,7 @@ class RunConfig:
     stale_after: float
     launch: Launch = field(default_factory=Launch)
     overrides: tuple[str, ...] = field(default=())
+    rerun: bool = False
 
     def plan(self) -> Plan:
         """Return the study's plan: what its workers need, without the command line's settings."""
@@ -86,7 +91,7 @@ class RunConfig:
             direction=self.study.direction, pruner=self.study.pruner, search=self.study.search,
             storage=self.storage, tracking_uri=self.tracking_uri,
             device=self.device, progress=self.progress, stale_after=self.stale_after,
-            command_line=self.overrides,
+            command_line=self.overrides, rerun=self.rerun,
         )
 
 
@@ -141,7 +146,8 @@ def recipe_keys() -> list[str]:
 def build_config(args: Sequence[str], cuda_available: bool | None = None) -> RunConfig:
     """Turn command-line overrides into a validated RunConfig, or raise a UserError."""
     load_tricks()
-    values = parse_overrides(args)
+    more_seeds = _more_seeds(args)
+    values = parse_overrides([arg for arg in args if not arg.startswith(MORE_SEEDS_PREFIX)])
     settings = {key: default for key, (default, _) in SETTINGS.items()}
     recipe_overrides: dict[str, Any] = {}
     factor_overrides: dict[str, list[str]] = {}
@@ -166,13 +172,19 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
     budget = resolve_budget(str(settings["budget"]), cuda_available)
     recipe = compose_recipe(study, budget, recipe_overrides)
     seeds = _seeds(settings["seeds"], study.seeds_for(budget))
+    if more_seeds:
+        if settings["seeds"] is not None:
+            raise UserError("give seeds=[...] or seeds=+N, not both")
+        seeds = _present_seeds(str(settings["tracking_uri"]), study.name, budget, seeds,
+                               more_seeds)
     factors, configs, fixed = study.plan(factor_overrides, trick_overrides)
     n_trials = settings["n_trials"] if settings["n_trials"] is not None else (
         study.n_trials_for(budget))
     if n_trials is not None and (not isinstance(n_trials, int) or n_trials <= 0):
         raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if not isinstance(settings["progress"], bool):
-        raise UserError(f"progress must be true or false, got {settings['progress']!r}")
+    for flag in ("progress", "rerun"):
+        if not isinstance(settings[flag], bool):
+            raise UserError(f"{flag} must be true or false, got {settings[flag]!r}")
     storage = None if settings["storage"] is None else str(settings["storage"])
     check_storage(storage)
     return RunConfig(
@@ -182,8 +194,41 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         device=str(settings["device"]), progress=settings["progress"],
         out=None if settings["out"] is None else str(settings["out"]),
         stale_after=_positive_float("stale_after", settings["stale_after"]),
-        launch=_launch(settings), overrides=tuple(args),
+        launch=_launch(settings), overrides=tuple(args), rerun=settings["rerun"],
     )
+
+
+MORE_SEEDS_PREFIX = "seeds=+"
+
+
+def _more_seeds(args: Sequence[str]) -> int:
+    """Return N of a ``seeds=+N`` argument (0 without one).
+
+    Read before Hydra's parser, which would turn ``+2`` into the plain seed 2.
+    """
+    counts = [arg.removeprefix(MORE_SEEDS_PREFIX) for arg in args
+              if arg.startswith(MORE_SEEDS_PREFIX)]
+    if not counts:
+        return 0
+    if len(counts) > 1 or not counts[0].isdigit() or int(counts[0]) < 1:
+        raise UserError(f"seeds=+N adds N new seeds; N must be one positive integer, got "
+                        f"{', '.join(MORE_SEEDS_PREFIX + c for c in counts)}")
+    return int(counts[0])
+
+
+def _present_seeds(tracking_uri: str, study: str, budget: str, default: Sequence[int],
+                   more: int) -> tuple[int, ...]:
+    """Return the seeds that have finished runs (else ``default``) and ``more`` new ones.
+
+    The store is checked as every store is (:func:`harness.preflight.check_tracking`) and only
+    read: a store that does not exist yet has no seeds, and the study's own are used.
+    """
+    from harness.preflight import check_tracking  # preflight imports this module
+    from harness.tracking import recorded_seeds
+
+    check_tracking(tracking_uri)
+    present = recorded_seeds(tracking_uri, experiment_name(study, budget)) or list(default)
+    return grown_seeds(present, more)
 
 
 def _positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:

@@ -30,7 +30,7 @@ from harness.locks import FileLock
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -73,6 +73,18 @@ class Tag:
     TORCH_VERSION = "harness.torch_version"
     PYTHON_VERSION = "harness.python_version"
     NOTE = "mlflow.note.content"
+    IDENTITY = "harness.identity"  # what a trial computes (harness.study.identity)
+    REPLACES = "harness.replaces"  # on a run: the FINISHED run(s) of its identity it replaced
+    REPLACED_BY = "harness.replaced_by"  # on a run another run of its identity replaced
+    COMMAND = "harness.command"  # on a parent: JSON list of the command line's overrides
+    # On a FINISHED run that a later study adopted instead of training it again: one tag per
+    # adopting parent run, ``harness.adopted_by.<parent run id>``, so a search finds them.
+    ADOPTED_BY_PREFIX = "harness.adopted_by."
+
+    @classmethod
+    def adopted_by(cls, parent_run_id: str) -> str:
+        """Return the tag that links an adopted run to the parent run of a study that reuses it."""
+        return f"{cls.ADOPTED_BY_PREFIX}{parent_run_id}"
 
 
 _BATCH = 100  # MLflow's limit of params (and a sane chunk of metrics) per log_batch call
@@ -177,6 +189,23 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def finished_trials(self, experiment_id: str) -> list[Run]:
+        """Return the FINISHED trial runs of an experiment that carry an identity."""
+        return self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{Tag.ROLE}` = 'trial' and attributes.status = 'FINISHED' "
+                          f"and tags.`{Tag.IDENTITY}` != ''",
+            max_results=50000,
+        )
+
+    def runs_of_identity(self, experiment_id: str, identity: str) -> list[Run]:
+        """Return the FINISHED trial runs of one identity, whether replaced or not."""
+        return self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{Tag.IDENTITY}` = '{identity}' "
+                          f"and attributes.status = 'FINISHED'",
+        )
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Log params in batches; values become strings, as MLflow stores them."""
         items = [Param(str(k), _param_value(v)) for k, v in params.items()]
@@ -230,6 +259,25 @@ class Tracker:
             except Exception:  # noqa: BLE001 - a run deleted by hand is nothing to repair
                 continue
         return closed
+
+
+def recorded_seeds(tracking_uri: str, experiment: str) -> list[int]:
+    """Return the replicate seeds that have FINISHED trial runs in ``experiment``, sorted.
+
+    Reads only: an embedded store that does not exist yet has none, and is not created.
+    """
+    if tracking_uri.startswith("sqlite:///") and not Path(
+            tracking_uri.removeprefix("sqlite:///")).is_file():
+        return []
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id], max_results=50000,
+        filter_string=f"tags.`{Tag.ROLE}` = 'trial' and attributes.status = 'FINISHED'")
+    seeds = {run.data.tags.get(Tag.SEED, "") for run in runs}
+    return sorted(int(seed) for seed in seeds if seed.isdigit())
 
 
 def _param_value(value: Any) -> str:

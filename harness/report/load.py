@@ -64,8 +64,10 @@ def _parent_meta(
     for trick, options in factors.items():
         defaults.setdefault(trick, options[0])  # the first option is the neutral one by convention
     configs = _json_tag(tags, Tag.CONFIGS, where) if Tag.CONFIGS in tags else None
+    command = _json_tag(tags, Tag.COMMAND, where) if Tag.COMMAND in tags else None
     return {
         "configs": configs,
+        "command": command if isinstance(command, list) else None,
         "parent_run_id": parent.info.run_id,
         "n_parents": len(parents),
         "factors": factors,
@@ -115,14 +117,61 @@ def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
+def _search(experiment_id: str, filter_string: str) -> pd.DataFrame:
+    return mlflow.search_runs(experiment_ids=[experiment_id], filter_string=filter_string,
+                              output_format="pandas")
+
+
+def _study_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
+    """Return the trial runs a parent counts: its own and those it adopted, once per identity.
+
+    A grown study adopts the finished runs of trials it shares with earlier studies (tag
+    ``harness.adopted_by.<parent>``, see :mod:`harness.study.reuse`). A FINISHED run that a later
+    run of its identity replaced (``harness.replaced_by``) is swapped for its replacement, and of
+    several FINISHED runs of one identity only the newest counts. Runs without an identity
+    (written before identities existed) are all kept, as they always were.
+    """
+    own = _search(experiment_id, f"tags.`{Tag.ROLE}` = 'trial' and "
+                                 f"tags.`{Tag.PARENT}` = '{parent_run_id}'")
+    adopted = _search(experiment_id, f"tags.`{Tag.adopted_by(parent_run_id)}` = 'true'")
+    found = [f for f in (own, adopted) if not f.empty]
+    frame = pd.concat(found, ignore_index=True) if found else own
+    replaced_column = f"tags.{Tag.REPLACED_BY}"
+    for _ in range(10):  # a run re-run again and again: follow the chain a few links
+        if frame.empty or replaced_column not in frame.columns:
+            break
+        replaced = (frame["status"] == "FINISHED") & frame[replaced_column].notna()
+        if not replaced.any():
+            break
+        successors = sorted(set(frame.loc[replaced, replaced_column]) - set(frame["run_id"]))
+        frame = frame.loc[~replaced]
+        if successors:
+            quoted = ", ".join(f"'{run_id}'" for run_id in successors)
+            found = _search(experiment_id, f"attributes.run_id IN ({quoted})")
+            frame = pd.concat([frame, found], ignore_index=True)
+    return _one_per_identity(frame.drop_duplicates("run_id"))
+
+
+def _one_per_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the newest FINISHED run of each identity; every other run stays as it is."""
+    column = f"tags.{Tag.IDENTITY}"
+    if frame.empty or column not in frame.columns:
+        return frame.reset_index(drop=True)
+    finished = (frame["status"] == "FINISHED") & frame[column].notna()
+    newest = frame.loc[finished].sort_values("end_time").drop_duplicates(column, keep="last")
+    return pd.concat([frame.loc[~finished], newest]).sort_values("start_time") \
+        .reset_index(drop=True)
+
+
 def load_runs(
     tracking_uri: str, study: str, budget: str, parent_run_id: str | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Load a study's trial runs from MLflow into the runs schema of this module.
 
     An experiment holds one parent run per distinct study configuration (a resumed study reopens
-    its parent); only the trials of one parent are read, so runs of a differently restricted or
-    fixed study never mix into the effects.
+    its parent); only the trials of one parent are read (its own, and those it adopted from
+    earlier studies, one run per trial identity), so runs of a differently restricted or fixed
+    study never mix into the effects.
 
     Args:
         tracking_uri: MLflow tracking URI, e.g. ``sqlite:///mlruns/mlflow.db``.
@@ -133,7 +182,7 @@ def load_runs(
     Returns:
         ``(runs, meta)``; ``meta`` has ``study, budget, experiment, experiment_id, tracking_uri,
         parent_run_id, n_parents, n_runs, factors, defaults, kind, optuna_storage,
-        optuna_study_name``
+        optuna_study_name, command`` (the study's command-line overrides, None for older stores)
         from the parent run's tags. A toggle missing from a run is filled with its default.
 
     Raises:
@@ -148,17 +197,10 @@ def load_runs(
         listed = ", ".join(existing) if existing else "none"
         raise UserError(f"no experiment '{name}' at {tracking_uri}; experiments there: {listed}")
     meta = _parent_meta(client, experiment.experiment_id, name, parent_run_id)
-    children = (
-        f"tags.`{Tag.ROLE}` = 'trial' and tags.`{Tag.PARENT}` = '{meta['parent_run_id']}'"
-    )
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below
     try:
-        frame = mlflow.search_runs(
-            experiment_ids=[experiment.experiment_id],
-            filter_string=children,
-            output_format="pandas",
-        )
+        frame = _study_runs(experiment.experiment_id, meta["parent_run_id"])
     finally:
         mlflow.set_tracking_uri(previous_uri)
     if frame.empty:
@@ -175,6 +217,23 @@ def load_runs(
         n_runs=len(runs),
     )
     return runs, meta
+
+
+GROWTH_KEYS = ("study=", "budget=", "seeds=", "rerun=")  # what a grow command sets itself
+
+
+def study_command(meta: Mapping[str, Any]) -> list[str]:
+    """Return the overrides that run a loaded study again, without its seeds.
+
+    Its study and budget come first, then the rest of its command line without ``seeds=`` and
+    ``rerun=``; the caller adds the seeds.
+
+    Stores written before the command line was tagged give just the study and budget.
+    """
+    command = [str(arg) for arg in meta.get("command") or []]
+    study = next((arg for arg in command if arg.startswith("study=")), f"study={meta['study']}")
+    rest = [arg for arg in command if not arg.startswith(GROWTH_KEYS)]
+    return [study, f"budget={meta['budget']}", *rest]
 
 
 def optuna_importances(storage_url: str, study_name: str) -> pd.DataFrame | None:

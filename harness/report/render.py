@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,15 +122,26 @@ def guidance(verdict: Verdict) -> list[str]:
             lines.append(f"No interval exists for {names}: with one seed and a single partner "
                          f"config there is no spread to measure the noise with; more seeds "
                          f"give one.")
-        resolve = _resolve_sentence(verdict)
+        resolve, command = _resolve_sentence(verdict)
         if resolve.strip(" ."):
             lines.append(resolve)
+        if command:
+            lines.append(f"It trains only the new seeds; the finished ones are reused: {command}")
     return lines
 
 
-def _resolve_sentence(verdict: Verdict) -> str:
-    """Say which effect size more seeds would resolve, with the exact seeds argument."""
+def grow_command(verdict: Verdict, count: int) -> str:
+    """Return the command that runs the study with ``count`` seeds, or "" without its command."""
+    if not verdict.command:
+        return ""
+    words = ["python", "-m", "harness.run", *verdict.command, seeds_argument(verdict.seeds, count)]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def _resolve_sentence(verdict: Verdict) -> tuple[str, str]:
+    """Say which effect size more seeds would resolve; return it and the command that runs them."""
     n_seeds = max(len(verdict.seeds), 1)
+    command = ""
     parts = []
     for points, count in verdict.resolve:
         size = f"±{points:g} point{'' if points == 1 else 's'}"
@@ -142,11 +154,12 @@ def _resolve_sentence(verdict: Verdict) -> str:
             break
         elif count <= MAX_SEEDS:
             parts.append(f"to resolve {size}, run {seeds_argument(verdict.seeds, count)}")
+            command = grow_command(verdict, count)
             break
         else:
             parts.append(f"{size} would need about {count} seeds")
     text = "; ".join(parts)
-    return text[:1].upper() + text[1:] + "."
+    return text[:1].upper() + text[1:] + ".", command
 
 
 def _still_running(verdict: Verdict) -> str:

@@ -103,6 +103,7 @@ class Verdict:
     resolve: list[tuple[float, int | None]] = field(default_factory=list)
     floor_points: float = math.nan
     best_trial: dict[str, Any] | None = None
+    command: list[str] = field(default_factory=list)  # overrides that rerun the study (no seeds)
 
 
 def _config_row(configs: pd.DataFrame, toggles: Mapping[str, str]) -> pd.Series | None:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.report.effects import INTERACTION_COLUMNS, interactions
 from harness.report.figures import cost_accuracy_chart, pareto_chart
-from harness.report.load import load_runs, optuna_importances
+from harness.report.load import load_runs, optuna_importances, study_command
 from harness.report.render import format_verdict, verdict_markdown
 from harness.report.tables import config_table
 from harness.report.verdict import Verdict, pareto_verdict
@@ -100,6 +100,8 @@ def write_report(
     extra = {} if resamples is None else {"resamples": resamples}
     verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"), kind=kind,
                              images=meta.get("test_images", math.nan), **extra)
+    if "study" in meta and "budget" in meta:  # the seed advice prints a command to run
+        verdict.command = study_command(meta)
     pair_effects = (interactions(runs, factors, defaults) if kind == "grid" and len(factors) >= 2
                     else pd.DataFrame(columns=list(INTERACTION_COLUMNS)))
     markdown = verdict_markdown(verdict, configs)

@@ -141,6 +141,7 @@ def run_study(plan: Plan, launch: Launch, announce: Callable[[str], None] = prin
     launch_id = uuid.uuid4().hex[:12]
     device = resolve_device(plan.device) if in_process else "cpu"
     prepared = prepare_study(plan, device, announce)
+    plan = prepared.session.plan  # now with the data digest that trial identities need
     if in_process:
         worker = Worker(plan, prepared.session, prepared.parent_run_id, Owner.here(0, launch_id),
                         announce, fit_progress=plan.progress, data=prepared.data)

@@ -2,8 +2,9 @@
 
 The plan is everything a worker needs and nothing of the command line: the CLI builds it
 (``RunConfig.plan()``), the launchers hand it to every worker, and the queue turns its grid cells
-into waiting Optuna trials. A grid cell is known by its queue key, the JSON of its Optuna params
-(config label and seed); two trials with one key compute the same thing, so only one may count.
+into waiting Optuna trials. Within one Optuna study a grid cell is known by its queue key, the
+JSON of its Optuna params (config label and seed). Across studies a trial is known by its
+identity (:mod:`harness.study.identity`): what it computes, so a grown study reuses it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipe import Recipe
+from harness.study.identity import computed_content, trial_identity
 from harness.study.spec import SearchRange
 from harness.tricks import TRICKS, apply_toggles
 
@@ -63,11 +65,13 @@ class Plan:
     progress: bool
     stale_after: float  # seconds without a heartbeat before a RUNNING trial counts as dead
     command_line: tuple[str, ...] = ()
+    rerun: bool = False  # train every trial again, even those with a finished run
+    data_digest: str = ""  # the base data set's digest; set once the study is prepared
 
     @property
     def name(self) -> str:
         """The MLflow experiment: study and budget, so budgets never mix."""
-        return f"{self.study}-{self.budget}"
+        return experiment_name(self.study, self.budget)
 
     @functools.cached_property
     def key(self) -> str:
@@ -101,7 +105,7 @@ class Plan:
         """Return the recipe of one trial: the base recipe, numeric search values, then toggles.
 
         ``seed`` is the replicate seed of the study's ``seeds``; the recipe's seed is derived
-        from it and the toggles (:func:`torch_seed`).
+        from it and the recipe after its toggles (:func:`torch_seed`).
         """
         recipe = self.recipe
         if numeric:
@@ -111,7 +115,18 @@ class Plan:
                 values[section][name] = value
             recipe = Recipe.from_dict(values)
         recipe = apply_toggles(recipe, toggles)
-        return dataclasses.replace(recipe, seed=torch_seed(toggles, seed))
+        return dataclasses.replace(recipe, seed=torch_seed(recipe, seed))
+
+    def identity(self, recipe: Recipe, seed: int) -> str:
+        """Return the identity of the trial that trains ``recipe`` for replicate ``seed``."""
+        if not self.data_digest:
+            raise RuntimeError("a trial's identity needs the data digest: prepare the study first")
+        return trial_identity(recipe, seed, self.budget, self.data_digest)
+
+    def cell_identities(self) -> dict[str, str]:
+        """Return each grid cell's queue key → its identity."""
+        return {cell.key: self.identity(self.trial_recipe(cell.toggles, cell.seed), cell.seed)
+                for cell in self.cells()}
 
     def study_config(self) -> dict[str, Any]:
         """Return the whole study as one JSON-able mapping, logged to the parent run."""
@@ -120,8 +135,19 @@ class Plan:
             "budget": self.budget, "seeds": list(self.seeds), "factors": self.factors,
             "fixed": self.fixed, "configs": list(self.configs), "n_trials": self.n_trials,
             "objective": self.objective, "base_recipe": self.recipe.to_dict(),
-            "command_line": list(self.command_line),
+            "command_line": list(self.command_line), "rerun": self.rerun,
         }
+
+
+def experiment_name(study: str, budget: str) -> str:
+    """Return the MLflow experiment of a study at a budget, e.g. ``tricks-cpu``."""
+    return f"{study}-{budget}"
+
+
+def grown_seeds(present: list[int] | tuple[int, ...], more: int) -> tuple[int, ...]:
+    """Return ``present`` followed by ``more`` new seeds, the next integers above its largest."""
+    following = max(present, default=-1) + 1
+    return (*present, *range(following, following + more))
 
 
 def queue_key(params: dict[str, Any]) -> str:
@@ -147,7 +173,9 @@ def study_key(plan: Plan) -> str:
     """Return a short hash of everything that defines the study's trials.
 
     The same command gives the same key, so it resumes; a changed recipe, factor or seed list
-    gives a new key, so results of different setups never mix in one Optuna study.
+    gives a new key, so results of different setups never mix in one Optuna study (a grown study
+    still reuses the finished trials of the old one, by their identity). ``rerun=true`` is a
+    study of its own, so it trains every trial again and resumes like any other.
     """
     content = {
         "study": plan.study, "budget": plan.budget, "kind": plan.kind,
@@ -155,20 +183,29 @@ def study_key(plan: Plan) -> str:
         "seeds": list(plan.seeds), "factors": plan.factors, "fixed": plan.fixed,
         "search": {k: dataclasses.asdict(v) for k, v in plan.search.items()},
     }
+    if plan.rerun:  # only when set, so the keys of studies begun before it existed still hold
+        content["rerun"] = True
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def torch_seed(toggles: dict[str, str], replicate: int) -> int:
-    """Return the seed a trial trains with, derived from its config and its replicate seed.
+def torch_seed(recipe: Recipe, replicate: int) -> int:
+    """Return the seed a trial trains with, derived from its recipe and its replicate seed.
 
     Configs that shared one seed would share their initial weights wherever their networks
     agree, and their batch order and augmentation draws: partner configs would then differ by
     nearly the same amount every time, and an effect's spread over partners would hide the noise
-    a new seed brings. Deriving the seed from (config, replicate) makes every trial an
-    independent draw, while the same config and replicate always get the same seed. The derived
-    seed is logged (``Recipe.seed``, tag ``harness.torch_seed``), so a run is reproducible from
-    what MLflow holds.
+    a new seed brings. Deriving the seed from (recipe, replicate) makes every trial an
+    independent draw, while the same recipe and replicate always get the same seed. It is
+    derived from what the recipe computes (tricks applied, their names left out), not from the
+    toggles: a factor added to a study at its neutral default leaves the seeds, and so the
+    identities, of the configs that were there before unchanged. The derived seed is logged
+    (``Recipe.seed``, tag ``harness.torch_seed``), so a run is reproducible from what MLflow
+    holds.
+
+    Args:
+        recipe: The trial's recipe with its tricks applied (its own ``seed`` is the base seed).
+        replicate: The replicate seed of the study's ``seeds``.
     """
-    content = json.dumps({"config": dict(sorted(toggles.items())), "replicate": replicate},
-                         sort_keys=True)
+    content = json.dumps({"recipe": computed_content(recipe), "replicate": replicate},
+                         sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(content.encode()).digest()[:4], "big") % (2**31)

@@ -40,6 +40,8 @@ OWNER_ATTR = "owner"  # {machine, pid, worker, launch} of the process that claim
 PROGRESS_ATTR = "progress"  # {epoch, epochs, images_per_sec}, written after every epoch
 RUN_ATTR = "mlflow_run_id"  # the trial's MLflow run; on a waiting retry, the run it replaces
 HEARTBEAT_ATTR = "heartbeat"  # seconds since the epoch, on storages without Optuna's heartbeat
+IDENTITY_ATTR = "identity"  # what the trial computes (harness.study.identity)
+REUSED_ATTR = "reused_from"  # on an adopted result: the parent run that trained it
 
 RESULT_FAILURES = ("diverged",)
 RETRY_AT_START = ("crashed", "interrupted")

@@ -9,6 +9,7 @@ drained, trains each through ``harness.train.fit`` and logs it to one MLflow chi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from harness.recipe import Recipe
 from harness.study.plan import Plan, config_label, run_name
 from harness.study.queue import (
     FAILURE_ATTR,
+    IDENTITY_ATTR,
     PROGRESS_ATTR,
     RUN_ATTR,
     STALE,
@@ -37,6 +39,7 @@ from harness.study.queue import (
     Owner,
     TrialQueue,
 )
+from harness.study.reuse import adopt_finished, reused_count, supersede
 from harness.study.storage import default_storage, heartbeat_interval, open_storage, queue_lock
 from harness.tracking import Tag, Tracker
 from harness.train import device_name, fit, resolve_device
@@ -168,8 +171,10 @@ def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = pri
         device: Where the base data is loaded (the in-process worker's device, or the CPU).
         announce: Where the "resuming" lines go.
     """
-    # Load the data before anything is written, so a bad data path fails cleanly.
+    # Load the data before anything is written, so a bad data path fails cleanly. Its digest
+    # completes the plan: every trial's identity needs it (harness.study.identity).
     data = prepare_data(plan.recipe.data, device)
+    plan = dataclasses.replace(plan, data_digest=data.digest)
     session = StudySession(plan)
     tracker = session.tracker
     with session.lock:
@@ -180,14 +185,19 @@ def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = pri
         )
         queue = session.queue(Owner.here())
         queue.repair()
+        adopt_finished(plan, session.study, tracker, session.experiment_id, parent)
         filled = queue.fill(at_start=True)
+        reused = reused_count(session.study)
     # The whole study config as one file, rather than params that crowd the UI's columns.
     tracker.log_json(parent, plan.study_config(), "study_config.json")
+    to_run = max(plan.total_trials - filled.done, 0)
     if filled.requeued:
         announce(f"resuming: {filled.requeued} interrupted trial(s) queued again")
-    if filled.done:
-        announce(f"resuming: {filled.done} trial(s) already done, "
-                 f"{max(plan.total_trials - filled.done, 0)} to run")
+    if reused:
+        announce(f"growing: {reused} reused, {to_run} to run (finished runs of the same trials, "
+                 f"found by identity, are adopted, not trained again)")
+    if filled.done > reused:
+        announce(f"resuming: {filled.done - reused} trial(s) already done, {to_run} to run")
     return Prepared(session, parent, data, filled)
 
 
@@ -202,7 +212,7 @@ def _parent_tags(plan: Plan, session: StudySession, data: PreparedData) -> dict[
         Tag.OPTUNA_STORAGE: session.storage_url,
         Tag.OPTUNA_STUDY: plan.optuna_study_name,
         Tag.DEVICE: device_name(resolve_device(plan.device)), Tag.DATASET_DIGEST: data.digest,
-        Tag.NOTE: plan.description,
+        Tag.NOTE: plan.description, Tag.COMMAND: json.dumps(list(plan.command_line)),
     }
 
 
@@ -293,8 +303,10 @@ class Worker:
         try:
             with Heartbeat(self.storage, trial._trial_id, self.beat_every):
                 recipe = plan.trial_recipe(toggles, seed, numeric)
+                identity = plan.identity(recipe, seed)
+                trial.set_user_attr(IDENTITY_ATTR, identity)
                 data = self.data(recipe)
-                run_id = self._start_run(trial, recipe, toggles, seed, numeric, data)
+                run_id = self._start_run(trial, recipe, toggles, seed, numeric, data, identity)
                 summary.run_id = run_id
                 self.announce(f"trial {trial.number}: {config_label(toggles)} seed={seed}")
                 value = self._train(trial, recipe, data, run_id, summary)
@@ -317,7 +329,15 @@ class Worker:
                 self._end(trial, summary, "diverged", str(value), "FAILED", TrialState.FAIL)
             elif self._tell(trial, value=float(value)):
                 self.tracker.end(run_id, "FINISHED")
+                self._supersede(identity, run_id)
         return summary
+
+    def _supersede(self, identity: str, run_id: str) -> None:
+        """Make this run the one that counts for its identity, and say which it replaced."""
+        replaced = supersede(self.tracker, self.session.experiment_id, identity, run_id)
+        if replaced:
+            self.announce(f"  replaces run {', '.join(replaced)} of the same trial (kept, tagged "
+                          f"{Tag.REPLACED_BY}; reports count this run instead)")
 
     def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, str], int, dict[str, float]]:
         plan = self.plan
@@ -334,7 +354,8 @@ class Worker:
         return toggles, plan.seeds[trial.number % len(plan.seeds)], numeric
 
     def _start_run(self, trial: optuna.Trial, recipe: Recipe, toggles: dict[str, str],
-                   seed: int, numeric: dict[str, float], data: PreparedData) -> str:
+                   seed: int, numeric: dict[str, float], data: PreparedData,
+                   identity: str) -> str:
         plan = self.plan
         tags = {
             Tag.STUDY: plan.study, Tag.BUDGET: plan.budget,
@@ -342,7 +363,7 @@ class Worker:
             Tag.CONFIG: config_label(toggles), Tag.TRIAL: str(trial.number),
             Tag.DEVICE: device_name(self.device), Tag.DATASET_DIGEST: data.digest,
             Tag.STUDY_KEY: plan.key, Tag.TORCH_SEED: str(recipe.seed),
-            Tag.WORKER: str(self.owner.worker),
+            Tag.WORKER: str(self.owner.worker), Tag.IDENTITY: identity,
         }
         tags.update(environment_tags())
         flat = {("torch_seed" if k == "seed" else k): v for k, v in recipe.flat().items()
