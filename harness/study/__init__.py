@@ -2,6 +2,8 @@
 
 - ``spec``: study files (``studies/NAME.yaml``) parsed and checked;
 - ``plan``: what a study's trials are (configs × seeds), each one's recipe and seed;
+- ``identity``: what a trial computes, the digest by which any study finds it again;
+- ``reuse``: a grown study adopts the finished runs of the trials it shares, once each;
 - ``storage``: the Optuna storage and the lock its queue changes under;
 - ``queue``: a grid as a queue of waiting trials, claimed once, queued again when lost;
 - ``runner``: opening a study, its parent run, and a worker that claims and trains trials;
