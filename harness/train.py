@@ -59,11 +59,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """Return a human name for ``device``, e.g. ``cuda:NVIDIA H100`` or ``cpu:2 cores``."""
+    """Return a human name for ``device``, e.g. ``cuda:NVIDIA H100`` or ``cpu:2 cores``.
+
+    On the CPU it counts the cores this process may use, which is the thread count ``fit``
+    trains with: a worker of ``workers=2`` on 2 cores is ``cpu:1 core``. The count belongs to
+    the result: another thread count sums in another order, and CPU runs are reproducible bit
+    for bit only at the same one.
+    """
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     if device.type == "cpu":
-        return f"cpu:{os.cpu_count()} cores"
+        cores = usable_cores()
+        return f"cpu:{cores} core{'' if cores == 1 else 's'}"
     return device.type
 
 

@@ -92,10 +92,12 @@ def test_a_global_batch_too_small_for_the_devices_is_one_line():
         Recipe(trainer=TrainerSpec(batch_size=3, devices=2))
 
 
-# 16 trials, each starting two Python processes: 380 s on 2 cores, too long for `make test`.
+# 16 trials, each starting two Python processes: 2-6 min on 2 cores, so `make test` skips it
+# unless HARNESS_DDP_STUDY=1, which .ci/run sets.
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("HARNESS_DDP_STUDY") != "1",
-                    reason="the 16-trial study on 2 ranks takes ~6 min; set HARNESS_DDP_STUDY=1")
+                    reason="the 16-trial study on 2 ranks takes minutes; "
+                           "set HARNESS_DDP_STUDY=1 (CI does)")
 def test_tricks_study_on_two_ranks_finishes_every_trial(learnable_folder, tmp_path):
     from test_study import store_args, trial_runs
 
