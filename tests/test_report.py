@@ -583,3 +583,25 @@ def test_missing_configs_follow_a_study_that_lists_its_configs():
     assert len(report.missing_configs(listed, FACTORS)) == 6  # against the full factorial
     verdict = report.pareto_verdict(listed, FACTORS, DEFAULTS, planned=planned)
     assert verdict.missing == [planned[2]]
+
+
+def test_labels_of_configs_at_nearly_one_point_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from harness.report.figures import place_labels
+
+    figure, axis = plt.subplots(figsize=(8.0, 5.0))
+    # As measured: the baseline and init=xavier 1 s and 2 points apart on a 100 s, 25-point plot.
+    points = [("init=xavier", 42.3, 53.5), ("optimizer=adam", 42.2, 53.1),
+              ("baseline", 43.4, 51.5), ("stem=deep", 9.8, 42.7)]
+    axis.plot([x for _, x, _ in points], [y for _, _, y in points], "o")
+    axis.set_xlim(0, 120)
+    axis.set_ylim(25, 56)
+    texts = place_labels(axis, points)
+    figure.canvas.draw()
+    boxes = [text.get_window_extent() for text in texts]
+    plt.close(figure)
+    assert [text.get_text() for text in texts] == [label for label, _, _ in points]
+    for first in range(len(boxes)):
+        for second in range(first + 1, len(boxes)):
+            assert not boxes[first].overlaps(boxes[second]), (points[first], points[second])

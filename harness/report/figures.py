@@ -116,6 +116,39 @@ def pareto_frontier(costs: np.ndarray, accuracies: np.ndarray) -> np.ndarray:
     return np.asarray(frontier, dtype=int)
 
 
+# Vertical offsets, in points, tried in turn for a label until it overlaps no label placed
+# before it: above and below its point, then further out.
+_LABEL_OFFSETS = (8, -12, 18, -22, 28, -32, 38, -42, 48, -52)
+
+
+def place_labels(axis: plt.Axes, points: list[tuple[str, float, float]]) -> list[plt.Text]:
+    """Label points so that no two labels overlap, each as near its point as the others allow.
+
+    Labels are placed in the given order; each takes the first offset of
+    :data:`_LABEL_OFFSETS` at which its box (as drawn) overlaps no earlier one. Two configs of
+    nearly the same cost and accuracy get their labels one above the other.
+
+    Returns:
+        The label artists, in the order of ``points``.
+    """
+    renderer = axis.figure.canvas.get_renderer()
+    placed: list[matplotlib.transforms.Bbox] = []
+    texts = []
+    for label, x, y in points:
+        text = None
+        for offset in _LABEL_OFFSETS:
+            if text is not None:
+                text.remove()
+            text = axis.annotate(label, (x, y), textcoords="offset points", xytext=(5, offset),
+                                 fontsize=7)
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(text.get_window_extent(renderer))
+        texts.append(text)
+    return texts
+
+
 def cost_accuracy_chart(
     configs: pd.DataFrame, path: str | Path, defaults: Mapping[str, str] | None = None
 ) -> Path:
@@ -123,8 +156,8 @@ def cost_accuracy_chart(
 
     Error bars are the standard deviation over seeds; the step line is the best accuracy
     reachable for at most that many training seconds. With more than
-    :data:`LABELLED_CONFIGS` configs only the frontier and the baseline are labelled, and labels
-    alternate above and below their point, so they do not pile up.
+    :data:`LABELLED_CONFIGS` configs only the frontier and the baseline are labelled, and no
+    two labels overlap (:func:`place_labels`).
 
     Args:
         configs: From :func:`harness.report.config_table`.
@@ -152,16 +185,14 @@ def cost_accuracy_chart(
             shown = (set(range(len(labels))) if len(labels) <= LABELLED_CONFIGS
                      else set(frontier.tolist()) | {i for i, t in enumerate(labels)
                                                     if t == "baseline"})
-            order = sorted(shown, key=lambda i: (costs[i], accuracies[i]))
-            for turn, index in enumerate(order):
-                axis.annotate(labels[index], (costs[index], accuracies[index]),
-                              textcoords="offset points", xytext=(5, 8 if turn % 2 else -12),
-                              fontsize=7)
             axis.step(costs[frontier], accuracies[frontier], where="post", color="tab:red",
                       label="Pareto frontier")
             axis.legend(loc="lower right")
             axis.set_xlabel("training time per run (s)")
             axis.set_ylabel("test accuracy (%)")
+            figure.tight_layout()  # the final layout first: labels are placed in its points
+            order = sorted(shown, key=lambda i: (costs[i], accuracies[i]))
+            place_labels(axis, [(labels[i], costs[i], accuracies[i]) for i in order])
         axis.set_title("Cost against accuracy per config (mean ± std over seeds)")
         figure.tight_layout()
         figure.savefig(path, dpi=DPI, format="png")
