@@ -12,7 +12,7 @@ batch order does not depend on N. A step puts the global batch together from the
 all-reduce (each rank fills the rows it holds, zeros elsewhere), then augments it and runs the
 batch hooks on the whole batch, drawing from the shared generator exactly as one device does,
 and trains on its contiguous slice of it (:meth:`Group.bounds`). So every rank trains on
-batch/N images, and hooks that mix images across the batch (mixup, cutmix) see the batch one
+batch/N images, and batch hooks that mix images across the batch see the batch one
 device sees. The cost is one batch of images over the wire per step, against the shard's memory
 saved: on a data set that fits one device and a slow link, ``devices=1`` is the faster choice.
 """
