@@ -173,9 +173,14 @@ def current_group() -> Group:
     return Group(dist.get_rank(), dist.get_world_size())
 
 
+def torchrun_size() -> int:
+    """Return how many ranks torchrun (or a scheduler setting its variables) started; 1 if none."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def torchrun_rank() -> int | None:
     """Return this process's rank when torchrun started several; None otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if torchrun_size() <= 1:
         return None
     return int(os.environ.get("RANK", "0"))
 

@@ -10,7 +10,6 @@ stores' kinds (an Optuna storage that is MLflow's database, or the other way rou
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from harness.checks import (
 )
 from harness.config import RunConfig
 from harness.data.augment import AUGMENTATIONS
+from harness.distributed import torchrun_size
 from harness.errors import UserError, unknown_choice
 from harness.hooks import HOOKS
 from harness.losses import LOSSES
@@ -140,7 +140,7 @@ def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
         cuda_count: GPUs visible here; None asks torch.
     """
     launch = cfg.launch
-    started = torchrun_ranks()
+    started = torchrun_size()
     if started > 1 and (launch.workers != 1 or launch.launcher != "local"):
         raise UserError(f"under torchrun ({started} ranks) a study runs as one worker; drop "
                         f"workers= and launcher=")
@@ -162,11 +162,6 @@ def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
                                 f"slurm.gpus_per_task={gpus}")
             check_device_fit("cuda" if cfg.device != "cpu" and gpus else "cpu", devices,
                              sync_bn=sync_bn, cuda_count=gpus)
-
-
-def torchrun_ranks() -> int:
-    """Return how many ranks torchrun (or a scheduler setting its variables) started; 1 if none."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_data_root(root: str) -> None:
