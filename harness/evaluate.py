@@ -28,6 +28,7 @@ class Evaluation:
     per_class_accuracy: dict[str, float]
     confusion: torch.Tensor  # [true, predicted] counts, int64, on the CPU
     count: int
+    predicted: torch.Tensor | None = None  # the class of each image, in order, int64 on the CPU
 
     def format(self, title: str = "test") -> str:
         """Return the seed's printout: overall accuracy, then one line per class."""
@@ -79,7 +80,8 @@ def score(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) ->
     per_class = (100.0 * correct / totals.clamp(min=1)).tolist()
     per_class = [acc if total > 0 else float("nan") for acc, total in zip(per_class, totals)]
     accuracy = 100.0 * correct.sum().item() / len(labels)
-    return Evaluation(accuracy, loss, dict(zip(classes, per_class)), confusion, len(labels))
+    return Evaluation(accuracy, loss, dict(zip(classes, per_class)), confusion, len(labels),
+                      predicted.cpu())
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -16,8 +16,17 @@ class Metric:
     TRAIN_SECONDS = "train_seconds"
     EPOCHS = "epochs_completed"
     IMAGES_PER_SEC = "images_per_sec_mean"
-    TEST_IMAGES = "test_images"  # how many test images the accuracy is over: the binomial floor
+    TEST_IMAGES = "test_images"  # how many test images the accuracy is over
     PER_CLASS_PREFIX = "test_acc_"  # + class name: per-class test accuracy
+
+
+class Artifact:
+    """Artifact paths of one trial run that the report reads."""
+
+    # The class each test image was predicted as, with the labels, in the test set's fixed order
+    # (numpy .npz: ``predicted`` and ``labels``); the run's tag harness.test_digest names the
+    # order, so two runs' vectors are known to line up.
+    TEST_PREDICTIONS = "examples/test_predictions.npz"
 
 
 class Param:

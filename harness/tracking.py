@@ -77,6 +77,8 @@ class Tag:
     REPLACES = "harness.replaces"  # on a run: the FINISHED run(s) of its identity it replaced
     REPLACED_BY = "harness.replaced_by"  # on a run another run of its identity replaced
     COMMAND = "harness.command"  # on a parent: JSON list of the command line's overrides
+    CALLS = "harness.calls"  # on a parent: JSON of option → call, written with the report
+    TEST_DIGEST = "harness.test_digest"  # on a trial: digest of its test set, in its order
     # On a FINISHED run that a later study adopted instead of training it again: one tag per
     # adopting parent run, ``harness.adopted_by.<parent run id>``, so a search finds them.
     ADOPTED_BY_PREFIX = "harness.adopted_by."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from harness.checkpoint import save_checkpoint
@@ -12,8 +13,8 @@ from harness.data import PreparedData
 from harness.evaluate import Evaluation
 from harness.figures import confusion_figure, per_class_figure, predictions_figure
 from harness.recipe import Recipe
-from harness.run_metrics import Metric
-from harness.tracking import Tracker, temporary_dir
+from harness.run_metrics import Artifact, Metric
+from harness.tracking import Tag, Tracker, temporary_dir
 from harness.train import TrainResult
 
 PREVIEW_IMAGES = 32  # test images shown with their predictions, like the seed's show_image
@@ -52,6 +53,24 @@ def final_metrics(result: TrainResult, test: Evaluation) -> dict[str, float]:
     return metrics
 
 
+def log_test_predictions(tracker: Tracker, run_id: str, data: PreparedData,
+                         test: Evaluation) -> None:
+    """Log the class predicted for each test image, in order, with the test set's digest.
+
+    About 10 kB for CIFAR-10's 10,000 images. The report reads them to measure the test set's
+    share of an effect's noise (:mod:`harness.report.examples`).
+    """
+    if test.predicted is None:
+        return
+    small = torch.uint8 if len(data.classes) <= 256 else torch.int32
+    with temporary_dir() as folder:
+        path = Path(folder) / Path(Artifact.TEST_PREDICTIONS).name
+        np.savez_compressed(path, predicted=test.predicted.to(small).numpy(),
+                            labels=data.test_y.cpu().to(small).numpy())
+        tracker.log_file(run_id, path, str(Path(Artifact.TEST_PREDICTIONS).parent))
+    tracker.set_tags(run_id, {Tag.TEST_DIGEST: data.test_digest})
+
+
 def log_trial_outcome(tracker: Tracker, run_id: str, recipe: Recipe, data: PreparedData,
                       result: TrainResult, test: Evaluation) -> None:
     """Log final metrics, the three figures and the checkpoint of one trial."""
@@ -64,6 +83,7 @@ def log_trial_outcome(tracker: Tracker, run_id: str, recipe: Recipe, data: Prepa
     tracker.log_figure(run_id, predictions_figure(images.cpu(), labels.cpu(), predicted.cpu(),
                                                   data.classes, data.mean, data.std),
                        "figures/test_predictions.png")
+    log_test_predictions(tracker, run_id, data, test)
     with temporary_dir() as folder:
         path = save_checkpoint(Path(folder) / "checkpoint.pt", result.model, recipe,
                                data.classes, data.in_channels, data.image_size, data.mean,

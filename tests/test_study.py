@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -84,6 +85,21 @@ def test_checkpoint_reproduces_the_logged_test_accuracy(tricks_smoke, tmp_path):
         assert data.digest == checkpoint.dataset_digest
         scores = evaluate(checkpoint.model, data.test_x, data.test_y, data.classes)
         assert abs(scores.accuracy - run.data.metrics["test_acc"]) <= 0.1
+
+
+def test_per_example_predictions_line_up_with_the_logged_accuracy(tricks_smoke, tmp_path):
+    tmp, _ = tricks_smoke
+    client, runs, _ = trial_runs(tmp, "tricks-smoke")
+    digests = {r.data.tags["harness.test_digest"] for r in runs}
+    assert len(digests) == 1 and len(next(iter(digests))) == 64  # one test order, sha256
+    for run in runs[:3]:
+        path = client.download_artifacts(run.info.run_id, "examples/test_predictions.npz",
+                                         tmp_path / run.info.run_id)
+        with np.load(path) as saved:
+            predicted, labels = saved["predicted"], saved["labels"]
+        assert predicted.dtype == np.uint8 and predicted.shape == labels.shape
+        assert 100.0 * float((predicted == labels).mean()) == pytest.approx(
+            run.data.metrics["test_acc"], abs=1e-6)
 
 
 def test_report_is_written_and_logged_to_the_parent(tricks_smoke):
