@@ -350,5 +350,7 @@ def test_a_live_worker_s_runs_are_running_not_crashed(store, tmp_path, capsys):
            "worker ends." in text
     assert "crashed" not in text
     effects = pd.read_csv(tmp_path / name / "effects.csv")
-    assert effects.loc[0, "call"] == "helps" and effects.loc[0, "ci_source"] == "seeds"
+    # The running trial is left out: the effect rests on the two finished pairs.
+    assert effects.loc[0, "n_pairs"] == 2 and effects.loc[0, "effect_mean"] == 3.5
+    assert effects.loc[0, "ci_source"] == "paired runs; test set: bound (no per-example results)"
     assert {"p_value", "p_adjusted", "call"} <= set(effects.columns)

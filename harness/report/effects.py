@@ -1,51 +1,64 @@
-"""Each option's effect against its trick's default, with an honest interval and a call.
+"""Each option's effect against its trick's default, with a family-wise interval and a call.
 
-An effect is a mean over matched pairs: two results that differ in one trick only and share every
-other toggle and the replicate seed. Its standard error has two parts added in quadrature:
+**The estimand** is the option's effect on the accuracy of the distribution the test set samples,
+in expectation over training seeds, averaged over the study's partner configs (the other tricks'
+options it was crossed with). Its standard error has two independent parts, added in quadrature:
 
-- the spread: pooled over the seeds of each partner config when the study has replicates
-  (``ci_source`` = ``seeds``), else over the partner configs (``partner configs``: interactions
-  count as noise);
-- the binomial floor of an accuracy measured on the study's one test set, which no number of
-  seeds or partners averages away (:func:`harness.report.stats.binomial_se`).
+- the run-to-run part (:mod:`harness.report.noise`): the spread of the option's paired runs,
+  with its two-way interactions regressed out where the design allows, or a model of the design
+  for options without pairs;
+- the test set's part (:mod:`harness.report.examples`): the seed-stable part of the per-example
+  difference, from each run's per-example results, or a bound that can never be too small for
+  stores without them.
 
-The p-values of all options are corrected together by Holm's method; an option ``helps`` or
-``hurts`` when its adjusted p-value is below :data:`~harness.report.stats.ALPHA`, else it is
-``undetermined``.
+The degrees of freedom are the run-to-run part's alone. Every interval holds jointly with the
+others at 95% (Bonferroni over the options tested), and the call reads off it: ``helps`` or
+``hurts`` when it excludes 0, else ``negligible`` when it lies inside ±``margin`` points, else
+``undetermined``. So the chance of any wrong call in a study is at most 5%.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from harness.report import stats
+from harness.report.examples import (
+    BOUND,
+    PER_EXAMPLE,
+    ExampleResults,
+    TestSetNoise,
+    contrast_bound,
+    pair_bound,
+)
+from harness.report.noise import Layout, RunNoise, estimate
 from harness.report.tables import Factors, cells
 
-HELPS, HURTS, UNDETERMINED = "helps", "hurts", "undetermined"
-CALLS = (HELPS, HURTS, UNDETERMINED)
+HELPS, HURTS, NEGLIGIBLE, UNDETERMINED = "helps", "hurts", "negligible", "undetermined"
+CALLS = (HELPS, HURTS, NEGLIGIBLE, UNDETERMINED)
+SETTLED = (HELPS, HURTS, NEGLIGIBLE)
+"""Calls that answer the question; ``undetermined`` means this study cannot tell."""
 
 EFFECT_COLUMNS = (
     "trick",
     "option",
     "baseline_option",
     "effect_mean",
-    "ci95_low",
-    "ci95_high",
+    "ci_low",
+    "ci_high",
     "p_value",
     "p_adjusted",
     "call",
-    "ci_adj_low",
-    "ci_adj_high",
+    "margin",
     "detectable",
     "se",
-    "se_spread",
-    "se_floor",
+    "se_runs",
+    "se_test",
     "df",
     "ci_source",
     "cost_delta_seconds",
@@ -53,9 +66,11 @@ EFFECT_COLUMNS = (
     "n_pairs",
     "n_seeds",
 )
-"""effects.csv columns. Effects, intervals, ``detectable`` (the smallest effect this study would
-call 80% of the time) and the standard errors are in accuracy points; ``ci_adj_*`` is the interval
-at Holm's level for this option, which excludes 0 exactly when the call is not undetermined."""
+"""effects.csv columns. Effects, intervals, ``margin``, ``detectable`` (the smallest true effect
+this study calls 80% of the time) and the standard errors are in accuracy points. ``ci_low`` and
+``ci_high`` bound a family-wise interval: all options' intervals hold together at 95%.
+``p_adjusted`` is Bonferroni's (below 0.05 exactly when the interval excludes 0); ``ci_source``
+says where each part of the noise came from."""
 
 INTERACTION_COLUMNS = (
     "trick_a",
@@ -71,125 +86,125 @@ INTERACTION_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class Pairs:
-    """The matched pairs of one option against its trick's default.
-
-    Arrays are aligned, one entry per pair: ``difference`` (points), ``partner`` (an integer code
-    of the other tricks' options), ``seed``, ``accuracy`` (the pair's mean, points), ``seconds``
-    and ``default_seconds`` (training seconds of each side), ``images`` (test images, NaN if not
-    logged).
-    """
+class OptionTest:
+    """One option's estimate and both parts of its noise, before the family's level is set."""
 
     trick: str
     option: str
     default: str
-    difference: np.ndarray
-    partner: np.ndarray
-    seed: np.ndarray
-    accuracy: np.ndarray
-    seconds: np.ndarray
-    default_seconds: np.ndarray
-    images: np.ndarray
+    runs: RunNoise
+    se_test: float
+    test_source: str
+    seconds: float
+    default_seconds: float
+    n_seeds: int
+
+    @property
+    def effect(self) -> float:
+        """The effect (points)."""
+        return self.runs.effect
+
+    @property
+    def se(self) -> float:
+        """Both parts of the standard error together (points)."""
+        return math.hypot(self.runs.se, self.se_test) if np.isfinite(self.se_test) else math.nan
+
+    @property
+    def df(self) -> float:
+        """Degrees of freedom: the run-to-run part's."""
+        return self.runs.df
+
+    @property
+    def tested(self) -> bool:
+        """Whether the option has an interval (its noise could be measured)."""
+        return bool(np.isfinite(self.se) and self.se > 0 and np.isfinite(self.df))
+
+    def projected_se(self, seeds: int) -> tuple[float, float]:
+        """Return (se, df) with ``seeds`` replicate seeds: the test set's part does not shrink."""
+        runs_se, df = self.runs.projected(seeds)
+        return math.hypot(runs_se, self.se_test), df
 
 
-def _side(cells_: pd.DataFrame, keys: list[str], trick: str, option: str) -> pd.DataFrame:
-    chosen = cells_[cells_[trick] == option]
-    return chosen.set_index(keys)[["test_acc", "train_seconds", "test_images"]]
+def call_of(low: float, high: float, margin: float = stats.MARGIN) -> str:
+    """Return the call a family-wise interval ``[low, high]`` supports."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return UNDETERMINED
+    if low > 0:
+        return HELPS
+    if high < 0:
+        return HURTS
+    if -margin < low and high < margin:
+        return NEGLIGIBLE
+    return UNDETERMINED
 
 
-def option_pairs(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str]) -> list[Pairs]:
-    """Return the matched pairs of every non-default option, in study order."""
+def study_cells(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
+    """Return :func:`harness.report.tables.cells` with an integer ``config`` code per cell."""
     table = cells(runs, factors)
+    table["config"] = table.groupby(list(factors), sort=False, dropna=False).ngroup() \
+        if factors else 0
+    return table
+
+
+def option_tests(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str],
+                 examples: ExampleResults | None = None,
+                 images: float = math.nan) -> list[OptionTest]:
+    """Estimate every non-default option's effect and both parts of its noise, in study order.
+
+    Args:
+        runs: One row per trial run.
+        factors: Trick → options in study order.
+        defaults: Trick → its neutral option.
+        examples: The runs' per-example results; None (or runs without them) falls back to the
+            bound of :mod:`harness.report.examples`.
+        images: Test-set size for runs that did not log ``test_images``.
+    """
+    table = study_cells(runs, factors)
+    # The default first, so that option 0 of every trick in the layout is its neutral one.
+    ordered = {t: [defaults[t], *[o for o in options if o != defaults[t]]]
+               for t, options in factors.items()}
+    layout = Layout.of(table, ordered)
+    noise = TestSetNoise(list(table["run_ids"]), table["config"].to_numpy(), examples)
+    config_acc = table.groupby("config")["test_acc"].mean()
     found = []
-    for trick, options in factors.items():
+    for column, (trick, options) in enumerate(factors.items()):
         default = defaults[trick]
-        others = [other for other in factors if other != trick]
-        keys = [*others, "seed"]
-        without = _side(table, keys, trick, default)
         for option in options:
             if option == default:
                 continue
-            joined = _side(table, keys, trick, option).join(
-                without, how="inner", lsuffix="", rsuffix="_default"
-            )
-            joined = joined.dropna(subset=["test_acc", "test_acc_default"]).reset_index()
-            partner = (
-                joined.groupby(others, sort=False, dropna=False).ngroup().to_numpy()
-                if others
-                else np.zeros(len(joined), dtype=int)
-            )
-            found.append(
-                Pairs(
-                    trick=trick,
-                    option=option,
-                    default=default,
-                    difference=(joined["test_acc"] - joined["test_acc_default"]).to_numpy(float),
-                    partner=partner,
-                    seed=joined["seed"].to_numpy(),
-                    accuracy=((joined["test_acc"] + joined["test_acc_default"]) / 2).to_numpy(
-                        float
-                    ),
-                    seconds=joined["train_seconds"].to_numpy(float),
-                    default_seconds=joined["train_seconds_default"].to_numpy(float),
-                    images=np.fmin(joined["test_images"], joined["test_images_default"]).to_numpy(
-                        float
-                    ),
-                )
-            )
+            runs_part = estimate(layout, column, ordered[trick].index(option), 0)
+            if runs_part is None:
+                continue
+            se_test, source = _test_share(runs_part, table, noise, config_acc, images)
+            used_on = [a for a, _ in runs_part.pairs] or np.flatnonzero(runs_part.weights > 0)
+            used_off = [b for _, b in runs_part.pairs] or np.flatnonzero(runs_part.weights < 0)
+            found.append(OptionTest(
+                trick=trick, option=option, default=default, runs=runs_part, se_test=se_test,
+                test_source=source,
+                seconds=float(table["train_seconds"].iloc[list(used_on)].mean()),
+                default_seconds=float(table["train_seconds"].iloc[list(used_off)].mean()),
+                n_seeds=int(table["seed"].iloc[np.flatnonzero(runs_part.weights)].nunique()),
+            ))
     return found
 
 
-def spread(difference: np.ndarray, partner: np.ndarray) -> tuple[float, float, str]:
-    """Return the spread part of a mean difference's standard error, its df, and its source.
-
-    Replicates of one partner config (several seeds) measure seed noise directly; their pooled
-    within-config variance is used whenever there is any. Otherwise the pairs' spread over partner
-    configs is, which also counts interactions as noise.
-    """
-    n = len(difference)
-    if n < 2:
-        return math.nan, math.nan, "none"
-    counts = np.bincount(partner)
-    within_df = int(np.sum(np.maximum(counts - 1, 0)))
-    if within_df > 0:
-        means = np.bincount(partner, weights=difference) / np.maximum(counts, 1)
-        squares = float(np.sum((difference - means[partner]) ** 2))
-        return math.sqrt(squares / within_df / n), float(within_df), "seeds"
-    return float(np.std(difference, ddof=1)) / math.sqrt(n), float(n - 1), "partner configs"
-
-
-def pair_images(pairs: Pairs, fallback: float) -> float:
-    """Return the test-set size behind an option's pairs: as logged, else ``fallback``."""
-    logged = pairs.images[np.isfinite(pairs.images)]
-    return float(np.min(logged)) if logged.size else fallback
-
-
-def option_test(pairs: Pairs, images: float) -> dict[str, float | str]:
-    """Return the effect, its standard errors, df, 95% interval and p-value for one option."""
-    effect = float(np.mean(pairs.difference)) if len(pairs.difference) else math.nan
-    se_spread, df_spread, source = spread(pairs.difference, pairs.partner)
-    accuracy = float(np.mean(pairs.accuracy)) if len(pairs.accuracy) else math.nan
-    se_floor = stats.binomial_se(accuracy, images)
-    se, df = stats.combine(se_spread, df_spread, se_floor, images - 1)
-    low, high = stats.t_interval(effect, se, df)
-    return {
-        "effect_mean": effect,
-        "ci95_low": low,
-        "ci95_high": high,
-        "p_value": stats.two_sided_p(effect, se, df),
-        "se": se,
-        "se_spread": se_spread,
-        "se_floor": se_floor,
-        "df": df,
-        "ci_source": source,
-    }
-
-
-def call_of(effect: float, p_adjusted: float, alpha: float = stats.ALPHA) -> str:
-    """Return ``helps``, ``hurts`` or ``undetermined`` from an effect and its adjusted p-value."""
-    if np.isfinite(p_adjusted) and p_adjusted < alpha:
-        return HELPS if effect > 0 else HURTS
-    return UNDETERMINED
+def _test_share(runs_part: RunNoise, table: pd.DataFrame, noise: TestSetNoise,
+                config_acc: pd.Series, images: float) -> tuple[float, str]:
+    """Return the test set's share of the SE (points) and how it was found."""
+    variance = noise.variance(runs_part.weights)
+    if np.isfinite(variance):
+        return math.sqrt(variance), PER_EXAMPLE
+    used = np.flatnonzero(runs_part.weights)
+    logged = table["test_images"].iloc[used].to_numpy(float)
+    count = float(np.nanmin(logged)) if np.isfinite(logged).any() else images
+    configs = table["config"].to_numpy()
+    if runs_part.pairs:
+        bounds = [pair_bound(config_acc[configs[a]], config_acc[configs[b]], count)
+                  for a, b in runs_part.pairs]
+        return float(np.mean(bounds)), BOUND
+    per_config = pd.Series(runs_part.weights).groupby(configs).sum()
+    accuracies = config_acc.reindex(per_config.index).to_numpy(float)
+    return contrast_bound(per_config.to_numpy(float), accuracies, count), BOUND
 
 
 def main_effects(
@@ -197,7 +212,10 @@ def main_effects(
     factors: Factors,
     defaults: Mapping[str, str],
     images: float = math.nan,
-    pairs: list[Pairs] | None = None,
+    examples: ExampleResults | None = None,
+    tests: list[OptionTest] | None = None,
+    alpha: float = stats.ALPHA,
+    margin: float = stats.MARGIN,
 ) -> pd.DataFrame:
     """Estimate, test and call each non-default option's effect on test accuracy.
 
@@ -205,42 +223,54 @@ def main_effects(
         runs: One row per trial run.
         factors: Trick → options in study order.
         defaults: Trick → its neutral option.
-        images: Test-set size for runs that did not log ``test_images`` (NaN: no floor).
-        pairs: From :func:`option_pairs`, when the caller has them already.
+        images: Test-set size for runs that did not log ``test_images``.
+        examples: The runs' per-example results (see :func:`option_tests`).
+        tests: From :func:`option_tests`, when the caller has them already.
+        alpha: The family-wise error rate of the calls.
+        margin: Points inside which an effect does not matter (the ``negligible`` call).
 
     Returns:
         One row per (trick, non-default option) in study order with :data:`EFFECT_COLUMNS`.
     """
-    pairs = option_pairs(runs, factors, defaults) if pairs is None else pairs
+    tests = option_tests(runs, factors, defaults, examples, images) if tests is None else tests
+    return effects_table(tests, alpha, margin)
+
+
+def effects_table(tests: Sequence[OptionTest], alpha: float = stats.ALPHA,
+                  margin: float = stats.MARGIN) -> pd.DataFrame:
+    """Return the effects table of ``tests``: family-wise intervals, p-values and calls."""
+    level = stats.family_level(sum(t.tested for t in tests), alpha)
     rows = []
-    for found in pairs:
-        seconds = found.seconds.mean() if len(found.seconds) else math.nan
-        default_seconds = found.default_seconds.mean() if len(found.seconds) else math.nan
-        rows.append(
-            {
-                "trick": found.trick,
-                "option": found.option,
-                "baseline_option": found.default,
-                **option_test(found, pair_images(found, images)),
-                "cost_delta_seconds": seconds - default_seconds,
-                "cost_ratio": seconds / default_seconds if default_seconds else math.nan,
-                "n_pairs": len(found.difference),
-                "n_seeds": len(np.unique(found.seed)),
-            }
-        )
-    effects = pd.DataFrame(rows, columns=[c for c in EFFECT_COLUMNS if c not in (
-        "p_adjusted", "call", "ci_adj_low", "ci_adj_high", "detectable")])
-    adjusted, level = stats.holm(effects["p_value"].to_numpy(float))
-    effects["p_adjusted"] = adjusted
-    effects["call"] = [call_of(e, p) for e, p in zip(effects["effect_mean"], adjusted)]
-    bounds = [stats.t_interval(e, se, df, lv) for e, se, df, lv in
-              zip(effects["effect_mean"], effects["se"], effects["df"], level)]
-    effects["ci_adj_low"] = [low for low, _ in bounds]
-    effects["ci_adj_high"] = [high for _, high in bounds]
-    effects["detectable"] = [stats.detectable_effect(se, df, lv) for se, df, lv in
-                             zip(effects["se"], effects["df"], level)]
-    effects["n_pairs"] = effects["n_pairs"].astype(int)
-    return effects[list(EFFECT_COLUMNS)]
+    for test in tests:
+        low, high = (stats.t_interval(test.effect, test.se, test.df, level) if test.tested
+                     else (math.nan, math.nan))
+        p_value = stats.two_sided_p(test.effect, test.se, test.df)
+        count = sum(t.tested for t in tests)
+        rows.append({
+            "trick": test.trick,
+            "option": test.option,
+            "baseline_option": test.default,
+            "effect_mean": test.effect,
+            "ci_low": low,
+            "ci_high": high,
+            "p_value": p_value,
+            "p_adjusted": min(1.0, p_value * count) if np.isfinite(p_value) else math.nan,
+            "call": call_of(low, high, margin),
+            "margin": margin,
+            "detectable": stats.detectable_effect(test.se, test.df, level) if test.tested
+            else math.nan,
+            "se": test.se,
+            "se_runs": test.runs.se,
+            "se_test": test.se_test,
+            "df": test.df,
+            "ci_source": f"{test.runs.source}; test set: {test.test_source}",
+            "cost_delta_seconds": test.seconds - test.default_seconds,
+            "cost_ratio": test.seconds / test.default_seconds if test.default_seconds
+            else math.nan,
+            "n_pairs": len(test.runs.pairs),
+            "n_seeds": test.n_seeds,
+        })
+    return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
 
 
 def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str]) -> pd.DataFrame:
@@ -252,7 +282,8 @@ def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
 
     Returns:
         One row per (A, a, B, b) with :data:`INTERACTION_COLUMNS`, A before B in study order;
-        empty with fewer than two tricks. The interval is a Student-t one over the quadruples.
+        empty with fewer than two tricks. The interval is a Student-t one over the quadruples,
+        at 95% for each interaction alone (these are descriptions, not calls).
     """
     table = cells(runs, factors)
     rows = []

@@ -14,12 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.report.effects import HELPS, HURTS, UNDETERMINED  # noqa: E402
+from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, UNDETERMINED  # noqa: E402
 from harness.report.tables import CONFIG_STAT_COLUMNS  # noqa: E402
 from harness.report.verdict import Verdict  # noqa: E402
 
 DPI = 120  # dots per inch: sharp enough in the MLflow UI, small files (~50 kB)
-CALL_COLOURS = {HELPS: "tab:green", HURTS: "tab:red", UNDETERMINED: "tab:gray"}
+CALL_COLOURS = {HELPS: "tab:green", HURTS: "tab:red", NEGLIGIBLE: "tab:blue",
+                UNDETERMINED: "tab:gray"}
 LABELLED_CONFIGS = 12  # beyond this, only the frontier and the baseline are labelled
 
 
@@ -27,8 +28,9 @@ def pareto_chart(verdict: Verdict, path: str | Path) -> Path:
     """Draw every option's effect, coloured by its call, with the cumulative share of the gain.
 
     Bars are horizontal (so 10 or more options keep readable labels), one per option in the
-    verdict's order, with Holm-adjusted intervals as whiskers. The line (top axis, 0-100%) is the
-    cumulative share of the gain over the helping options only; the dashed line marks the target.
+    verdict's order, with family-wise intervals as whiskers and the ±margin band of
+    ``negligible`` shaded. The line (top axis, 0-100%) is the cumulative share of the gain over
+    the helping options only; the dashed line marks the target.
 
     Args:
         verdict: From :func:`harness.report.pareto_verdict`.
@@ -47,18 +49,22 @@ def pareto_chart(verdict: Verdict, path: str | Path) -> Path:
         else:
             positions = np.arange(len(table))
             effects = np.nan_to_num(table["effect_mean"].to_numpy(float))
-            low = table["ci_adj_low"].fillna(table["effect_mean"]).to_numpy(float)
-            high = table["ci_adj_high"].fillna(table["effect_mean"]).to_numpy(float)
+            low = table["ci_low"].fillna(table["effect_mean"]).to_numpy(float)
+            high = table["ci_high"].fillna(table["effect_mean"]).to_numpy(float)
             errors = np.vstack([np.clip(effects - np.nan_to_num(low), 0, None),
                                 np.clip(np.nan_to_num(high) - effects, 0, None)])
             colours = [CALL_COLOURS[call] for call in table["call"]]
             axis.barh(positions, effects, xerr=errors, capsize=3, color=colours)
+            axis.axvspan(-verdict.margin, verdict.margin, color="tab:blue", alpha=0.08,
+                         label=f"±{verdict.margin:g} (negligible)")
             axis.axvline(0.0, color="black", linewidth=0.8)
             labels = [f"{row.trick}={row.option} ({row.call})"
                       for row in table.itertuples(index=False)]
             axis.set_yticks(positions, labels, fontsize=8)
             axis.invert_yaxis()  # rank 1 on top
-            axis.set_xlabel("effect on test accuracy (points), Holm-adjusted interval")
+            tested = int(np.isfinite(table["ci_low"].to_numpy(float)).sum())
+            axis.set_xlabel(f"effect on test accuracy (points); intervals hold jointly at "
+                            f"{100 * (1 - verdict.alpha):.0f}% (Bonferroni over {tested})")
             shares = table["cumulative_share"].to_numpy(float)
             helping = np.isfinite(shares)
             if helping.any():

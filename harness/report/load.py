@@ -7,6 +7,7 @@ of the harness (without ``test_images`` or ``torch_seed``) still load: what they
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError, unknown_choice
+from harness.report.examples import ExampleResults
 from harness.report.tables import Factors, option_text
-from harness.run_metrics import Metric, Param
+from harness.run_metrics import Artifact, Metric, Param
 from harness.tracking import Tag
 
 IMPORTANCE_COLUMNS = ("param", "importance")
@@ -114,6 +116,7 @@ def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     subset = pd.to_numeric(column(f"params.{Param.TEST_SIZE}"), errors="coerce")
     runs[Metric.TEST_IMAGES] = runs[Metric.TEST_IMAGES].fillna(subset)
     runs["device"] = column(f"tags.{Tag.DEVICE}")
+    runs["test_digest"] = column(f"tags.{Tag.TEST_DIGEST}")
     return runs.reset_index(drop=True)
 
 
@@ -217,6 +220,33 @@ def load_runs(
         n_runs=len(runs),
     )
     return runs, meta
+
+
+def load_examples(tracking_uri: str, runs: pd.DataFrame) -> ExampleResults | None:
+    """Read the per-example test results of the runs that logged them; None when none did.
+
+    Runs written before per-example results were logged have no ``harness.test_digest`` tag and
+    are skipped; so is a run whose artifact cannot be read (its effects then use the bound).
+    """
+    if "test_digest" not in runs.columns:
+        return None
+    logged = runs[runs["test_digest"].notna()]
+    if logged.empty:
+        return None
+    client = mlflow.MlflowClient(tracking_uri)
+    correct: dict[str, np.ndarray] = {}
+    digests: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="harness-examples-") as folder:
+        for run_id, digest in zip(logged["run_id"], logged["test_digest"]):
+            try:
+                path = client.download_artifacts(run_id, Artifact.TEST_PREDICTIONS,
+                                                 f"{folder}/{run_id}")
+                with np.load(path) as saved:
+                    correct[run_id] = saved["predicted"] == saved["labels"]
+            except Exception:  # noqa: BLE001 - a missing or torn artifact: that run is bounded
+                continue
+            digests[run_id] = str(digest)
+    return ExampleResults(correct, digests) if correct else None
 
 
 GROWTH_KEYS = ("study=", "budget=", "seeds=", "rerun=")  # what a grow command sets itself

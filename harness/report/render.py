@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.report.effects import HELPS, HURTS, UNDETERMINED
-from harness.report.verdict import MAX_SEEDS, Verdict
+from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, UNDETERMINED
+from harness.report.verdict import MAX_SEEDS as MAX_PLANNED
+from harness.report.verdict import Verdict
 
 
 def _signed(value: float, digits: int = 1) -> str:
@@ -69,19 +70,17 @@ def verdict_sentence(verdict: Verdict) -> str:
     """Return the answer: which options help, and which few give most of their gain, at what cost.
 
     Options that do not help are never in the set, and no share is negative. When nothing helps,
-    the sentence says so and lists what hurts and what is undetermined.
+    the sentence says so and lists what hurts, what is negligible and what is undetermined.
     """
     degenerate = _degenerate_sentence(verdict)
     if degenerate:
         return degenerate
     effects = verdict.effects
-    hurts = effects[effects["call"] == HURTS]
-    undetermined = effects[effects["call"] == UNDETERMINED]
     others = []
-    if len(hurts):
-        others.append(f"hurts: {_options(hurts)}")
-    if len(undetermined):
-        others.append(f"undetermined: {_options(undetermined)}")
+    for call in (HURTS, NEGLIGIBLE, UNDETERMINED):
+        chosen = effects[effects["call"] == call]
+        if len(chosen):
+            others.append(f"{call}: {_options(chosen)}")
     rest = f" ({'; '.join(others)})" if others else ""
     baseline = ("" if np.isfinite(verdict.baseline_acc)
                 else " The baseline config (all defaults) has no result, so the gain is the sum "
@@ -100,33 +99,58 @@ def verdict_sentence(verdict: Verdict) -> str:
     )
 
 
+def calls_line(verdict: Verdict) -> str:
+    """Return how sure the calls are: the family, its level and the margin."""
+    tested = int(np.isfinite(verdict.effects["ci_low"].to_numpy(float)).sum())
+    return (f"Intervals are family-wise: all {tested} hold together at "
+            f"{_percent(1 - verdict.alpha)} (Bonferroni), so any wrong call has at most a "
+            f"{_percent(verdict.alpha)} chance; negligible means inside ±{verdict.margin:g} "
+            f"points (margin={verdict.margin:g}).")
+
+
 def guidance(verdict: Verdict) -> list[str]:
-    """Return what the numbers cannot say yet: one seed, undetermined options, how to resolve."""
+    """Return what the numbers cannot say yet: undetermined options and how to settle them."""
     if verdict.n_configs < 2 or verdict.kind != "grid":
         return []
-    lines = []
+    lines = [calls_line(verdict)]
     if len(verdict.seeds) == 1:
-        lines.append("One seed proves little: every interval's spread comes from partner "
-                     "configs (interactions count as noise) and seed noise is not measured.")
+        lines.append("One seed: the run-to-run noise is measured by the partner configs, with "
+                     "each trick's two-way interactions taken out where the design allows; "
+                     "higher-order interactions are assumed small. More seeds measure it "
+                     "directly.")
     undetermined = verdict.effects[verdict.effects["call"] == UNDETERMINED]
-    if len(undetermined):
-        measured = undetermined["detectable"].notna()
-        if measured.any():
-            smallest = ", ".join(f"{row.trick}={row.option} ±{_number(row.detectable)}"
-                                 for row in undetermined[measured].itertuples(index=False))
-            lines.append(f"Undetermined means the interval includes 0; this study would detect "
-                         f"(80% of the time) effects of at least: {smallest} points.")
-        if not measured.all():
-            names = ", ".join(f"{row.trick}={row.option}"
-                              for row in undetermined[~measured].itertuples(index=False))
-            lines.append(f"No interval exists for {names}: with one seed and a single partner "
-                         f"config there is no spread to measure the noise with; more seeds "
-                         f"give one.")
-        resolve, command = _resolve_sentence(verdict)
-        if resolve.strip(" ."):
-            lines.append(resolve)
-        if command:
-            lines.append(f"It trains only the new seeds; the finished ones are reused: {command}")
+    if not len(undetermined):
+        return lines
+    measured = undetermined["detectable"].notna()
+    if measured.any():
+        smallest = ", ".join(f"{row.trick}={row.option} ±{_number(row.detectable)}"
+                             for row in undetermined[measured].itertuples(index=False))
+        lines.append(f"Undetermined means the interval includes 0 and reaches past "
+                     f"±{verdict.margin:g}; this study would call (80% of the time) effects of "
+                     f"at least: {smallest} points.")
+    plan = verdict.plan
+    if plan.no_interval:
+        lines.append(f"No interval exists yet for {_toggle_text(plan.no_interval)}: with one "
+                     f"seed and a single pair there is no spread to measure the noise with; "
+                     f"more seeds give one.")
+    if plan.beyond:
+        lines.append(f"{_toggle_text(plan.beyond)}: beyond this test set's own noise at any "
+                     f"number of seeds (its share of the paired difference is too large for "
+                     f"the effect and the margin); a larger test set would settle it.")
+    if plan.bounded:
+        lines.append(f"{_toggle_text(plan.bounded)}: this store's runs have no per-example "
+                     f"results, so the test set's share is bounded, not measured, and the bound "
+                     f"alone is too large for the effect and the margin at any number of seeds; "
+                     f"runs logged by this version measure it.")
+    settle = [key for key in plan.unsettled if key not in plan.beyond + plan.bounded]
+    if settle and plan.seeds is not None:
+        command = grow_command(verdict, plan.seeds)
+        seeds = seeds_argument(verdict.seeds, plan.seeds)
+        lines.append(f"To settle {_toggle_text(settle)}: {seeds} ({plan.new_runs} more runs; "
+                     f"the finished ones are reused)" + (f": {command}" if command else "."))
+    elif settle:
+        lines.append(f"{_toggle_text(settle)} would need more than {MAX_PLANNED} seeds to "
+                     f"settle at their measured effects.")
     return lines
 
 
@@ -136,30 +160,6 @@ def grow_command(verdict: Verdict, count: int) -> str:
         return ""
     words = ["python", "-m", "harness.run", *verdict.command, seeds_argument(verdict.seeds, count)]
     return " ".join(shlex.quote(word) for word in words)
-
-
-def _resolve_sentence(verdict: Verdict) -> tuple[str, str]:
-    """Say which effect size more seeds would resolve; return it and the command that runs them."""
-    n_seeds = max(len(verdict.seeds), 1)
-    command = ""
-    parts = []
-    for points, count in verdict.resolve:
-        size = f"±{points:g} point{'' if points == 1 else 's'}"
-        if count is None:
-            parts.append(f"{size} is beyond the test set's own noise "
-                         f"(±{_number(verdict.floor_points, 2)} points per accuracy) at any "
-                         f"number of seeds")
-        elif count <= n_seeds:
-            parts.append(f"effects of {size} would have been called: these are smaller")
-            break
-        elif count <= MAX_SEEDS:
-            parts.append(f"to resolve {size}, run {seeds_argument(verdict.seeds, count)}")
-            command = grow_command(verdict, count)
-            break
-        else:
-            parts.append(f"{size} would need about {count} seeds")
-    text = "; ".join(parts)
-    return text[:1].upper() + text[1:] + ".", command
 
 
 def _still_running(verdict: Verdict) -> str:
@@ -181,7 +181,7 @@ def _verdict_rows(verdict: Verdict) -> list[list[str]]:
             str(row.option),
             row.call,
             _signed(row.effect_mean),
-            f"[{_signed(row.ci_adj_low)}, {_signed(row.ci_adj_high)}]",
+            f"[{_signed(row.ci_low)}, {_signed(row.ci_high)}]",
             "" if not np.isfinite(row.p_adjusted) else f"{row.p_adjusted:.3f}",
             "" if not np.isfinite(row.cumulative_gain) else _signed(row.cumulative_gain),
             "" if not np.isfinite(row.measured_gain) else _signed(row.measured_gain),
@@ -192,7 +192,7 @@ def _verdict_rows(verdict: Verdict) -> list[list[str]]:
     ]
 
 
-_VERDICT_HEADER = ["rank", "trick", "option", "call", "effect", "adj. CI", "p adj.",
+_VERDICT_HEADER = ["rank", "trick", "option", "call", "effect", "95% FW CI", "p adj.",
                    "cum. gain", "measured", "cum. share", "P(in set)"]
 
 
@@ -204,7 +204,7 @@ def format_verdict(verdict: Verdict) -> str:
 
     Returns:
         The baseline and best config, the table of calls (effects in accuracy points with
-        Holm-adjusted intervals; cumulative gains are summed main effects, beside the measured
+        family-wise intervals; cumulative gains are summed main effects, beside the measured
         gain of the same config where it was run), the sentence,
         the guidance, and what is missing, excluded or still running.
     """
@@ -251,9 +251,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 CALL_MEANING = (
-    f"`{HELPS}` / `{HURTS}`: the option's Holm-adjusted interval excludes 0 (at most a 5% chance "
-    f"over the whole study of any such call being wrong). `{UNDETERMINED}`: the interval "
-    f"includes 0, so this study cannot tell; run more seeds to resolve it."
+    f"`{HELPS}` / `{HURTS}`: the option's family-wise interval excludes 0. `{NEGLIGIBLE}`: the "
+    f"whole interval lies inside ±margin, so the option does not matter here. "
+    f"`{UNDETERMINED}`: neither; this study cannot tell, and more seeds can settle it. The "
+    f"intervals of all options hold together at 95% (Bonferroni), so the chance that any call "
+    f"of the study is wrong is at most 5%."
 )
 
 
@@ -274,8 +276,8 @@ def verdict_markdown(verdict: Verdict, configs: pd.DataFrame) -> str:
         f"- Best config: {_number(verdict.best_acc)}% "
         f"({_toggle_text(list(verdict.best_config.items()))}), "
         f"{_number(verdict.best_seconds)} s training",
-        f"- Seeds: {', '.join(str(s) for s in verdict.seeds) or 'none'}; test-set noise "
-        f"±{_number(verdict.floor_points, 2)} points per accuracy (binomial)",
+        f"- Seeds: {', '.join(str(s) for s in verdict.seeds) or 'none'}; margin "
+        f"±{verdict.margin:g} points",
     ]
     facts += [f"- {line}" for line in guidance(verdict)]
     if verdict.missing:

@@ -115,7 +115,8 @@ def cells(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     """Average the results per (toggles, seed): a rerun of the same trial is one observation.
 
     Returns:
-        Columns: the tricks, ``seed``, ``test_acc``, ``train_seconds``, ``test_images``.
+        Columns: the tricks, ``seed``, ``test_acc``, ``train_seconds``, ``test_images``, and
+        ``run_ids`` (a tuple of the runs averaged into the cell).
     """
     results = result_runs(runs, factors)
     keys = [*factors, "seed"]
@@ -123,8 +124,12 @@ def cells(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
         test_acc=column(results, Metric.TEST_ACC).astype(float),
         train_seconds=column(results, Metric.TRAIN_SECONDS).astype(float),
         test_images=column(results, Metric.TEST_IMAGES).astype(float),
+        run_ids=column(results, "run_id").astype(object),
     )
-    return frame.groupby(keys, dropna=False, sort=False).mean().reset_index()
+    grouped = frame.groupby(keys, dropna=False, sort=False)
+    table = grouped[["test_acc", "train_seconds", "test_images"]].mean()
+    table["run_ids"] = grouped["run_ids"].agg(tuple)
+    return table.reset_index()
 
 
 def grid_order(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:

@@ -2,8 +2,9 @@
 
 Only options called ``helps`` (see :mod:`harness.report.effects`) can be in the set, so every
 share is a share of a real gain and none is negative. The set's stability is the chance that an
-option is in it when the study is rerun, estimated by resampling seeds (or, with one seed, the
-partner configs of each option).
+option is in it when the study is run again with new seeds: each option's rerun estimate is drawn
+from its predictive distribution (its estimate, with twice its sampling variance, on its own
+degrees of freedom), called as the study calls it, and the set chosen from the draw.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from harness.report import stats
 from harness.report.effects import (
     HELPS,
     UNDETERMINED,
-    Pairs,
-    call_of,
-    main_effects,
-    option_pairs,
-    option_test,
-    pair_images,
+    OptionTest,
+    effects_table,
+    option_tests,
 )
+from harness.report.examples import PER_EXAMPLE, ExampleResults
 from harness.report.tables import (
     Factors,
     config_table,
@@ -42,8 +41,8 @@ VERDICT_COLUMNS = (
     "option",
     "call",
     "effect_mean",
-    "ci_adj_low",
-    "ci_adj_high",
+    "ci_low",
+    "ci_high",
     "p_adjusted",
     "cumulative_gain",
     "cumulative_share",
@@ -54,17 +53,36 @@ VERDICT_COLUMNS = (
 """Columns of :attr:`Verdict.table`: the helping options by effect (each trick's best), with the
 summed main effects as they are added one by one (``cumulative_gain``) and the measured gain of
 that config over the baseline where both were run (``measured_gain``), then every other option by
-effect. ``p_in_set`` is the bootstrap probability of being in the 80% set."""
-
-RESOLVE_POINTS = (1.0, 2.0, 5.0)
-"""Effect sizes (accuracy points) the "seeds needed" advice plans for: the first one the test
-set's own noise allows."""
+effect. ``ci_low``/``ci_high`` bound the family-wise interval; ``p_in_set`` is the chance of being
+in the 80% set on a rerun."""
 
 MAX_SEEDS = 20
-"""The most seeds the advice proposes before it moves on to a larger effect size."""
+"""The most replicate seeds a plan proposes; beyond it, it says the option cannot be settled."""
 
-BOOTSTRAP_RESAMPLES = 200
-"""Resamples behind ``p_in_set``: its standard error is at most 0.5 / sqrt(200) ≈ 0.035."""
+STABILITY_DRAWS = 2000
+"""Simulated reruns behind ``p_in_set``; its Monte Carlo error is at most 0.5 / sqrt(2000)."""
+
+
+@dataclass(frozen=True)
+class SettlePlan:
+    """What more seeds would do for the undetermined options.
+
+    ``seeds`` is the replicate count at which every undetermined option with an interval would
+    be settled (called helps, hurts or negligible) 80% of the time if its effect is what this
+    study measured; None when some option needs more than :data:`MAX_SEEDS`. ``new_runs`` is the
+    trials that takes. ``beyond`` lists the options that no number of seeds settles: the test
+    set's own share of the noise, measured from per-example results, is too large for them;
+    ``bounded`` those for which only the bound of a store without per-example results says so
+    (the true share may well be smaller). ``no_interval`` lists those without an interval yet,
+    which more seeds give one.
+    """
+
+    seeds: int | None = None
+    new_runs: int = 0
+    beyond: list[tuple[str, str]] = field(default_factory=list)
+    bounded: list[tuple[str, str]] = field(default_factory=list)
+    no_interval: list[tuple[str, str]] = field(default_factory=list)
+    unsettled: list[tuple[str, str]] = field(default_factory=list)  # undetermined, with interval
 
 
 @dataclass
@@ -75,8 +93,7 @@ class Verdict:
     ``chosen`` is the smallest top-ranked set of helping (trick, option) reaching ``share`` of
     ``total_gain``, the summed main effects of all helping options (0 when nothing helps);
     ``chosen_measured_gain`` is the chosen config's measured gain over the baseline (NaN when
-    either was not run). ``resolve`` pairs each of :data:`RESOLVE_POINTS` with the seeds that
-    would resolve it for every undetermined option (None: the test set's own noise forbids it).
+    either was not run). ``plan`` says what more seeds would settle.
     """
 
     table: pd.DataFrame
@@ -100,8 +117,9 @@ class Verdict:
     n_configs: int = 0
     seeds: list[int] = field(default_factory=list)
     kind: str = "grid"
-    resolve: list[tuple[float, int | None]] = field(default_factory=list)
-    floor_points: float = math.nan
+    plan: SettlePlan = field(default_factory=SettlePlan)
+    margin: float = stats.MARGIN
+    alpha: float = stats.ALPHA
     best_trial: dict[str, Any] | None = None
     command: list[str] = field(default_factory=list)  # overrides that rerun the study (no seeds)
 
@@ -132,69 +150,86 @@ def _best_per_trick(effects: pd.DataFrame) -> pd.DataFrame:
 
 
 def stability(
-    pairs: Sequence[Pairs],
-    images: float,
+    tests: Sequence[OptionTest],
     share: float,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    alpha: float = stats.ALPHA,
+    draws: int = STABILITY_DRAWS,
     seed: int = 0,
 ) -> dict[tuple[str, str], float]:
-    """Return each option's probability of being in the 80% set when the runs are resampled.
+    """Return each option's chance of being in the 80% set when the study is run again.
 
-    With several seeds, whole seeds are drawn with replacement (for every option at once, as a
-    rerun would); with one seed, each option's pairs are drawn with replacement over partner
-    configs. Each resample's effects are tested against the study's own standard errors (a
-    resample with a seed drawn twice would understate the spread), Holm-corrected and called as
-    the study itself is, and its set is chosen from the summed effects of its helping options.
+    A rerun's estimate of an option differs from this study's by two independent errors, this
+    study's and the rerun's, so it is drawn as ``effect + sqrt(2) se t_df``. Each draw is called
+    at the study's own family-wise level and the set is chosen from its helping options, as the
+    study itself is. Options without an interval are never in a draw's set.
     """
+    tested = [t for t in tests if t.tested]
+    chances = {(t.trick, t.option): 0.0 for t in tests}
+    if not tested:
+        return chances
+    level = stats.family_level(len(tested), alpha)
     rng = np.random.default_rng(seed)
-    seeds = np.unique(np.concatenate([p.seed for p in pairs])) if pairs else np.array([])
-    tests = [option_test(found, pair_images(found, images)) for found in pairs]
-    counts = {(p.trick, p.option): 0 for p in pairs}
-    for _ in range(resamples):
-        drawn = rng.choice(seeds, size=len(seeds)) if len(seeds) >= 2 else None
-        means = []
-        for found in pairs:
-            n = len(found.difference)
-            if drawn is not None:
-                index = np.concatenate([np.flatnonzero(found.seed == s) for s in drawn])
-            else:
-                index = rng.integers(0, n, n) if n else np.zeros(0, dtype=int)
-            means.append(float(np.mean(found.difference[index])) if index.size else math.nan)
-        p_values = [stats.two_sided_p(mean, float(test["se"]), float(test["df"]))
-                    for mean, test in zip(means, tests)]
-        adjusted, _ = stats.holm(p_values)
-        best: dict[str, tuple[float, str]] = {}
-        for found, effect, p in zip(pairs, means, adjusted):
-            if call_of(effect, p) == HELPS and effect > best.get(found.trick, (-math.inf, ""))[0]:
-                best[found.trick] = (effect, found.option)
-        ranked = sorted(best.items(), key=lambda item: -item[1][0])
-        size = eighty_set_size(np.array([effect for _, (effect, _) in ranked]), share)
-        for trick, (_, option) in ranked[:size]:
-            counts[(trick, option)] += 1
-    return {key: count / resamples for key, count in counts.items()}
+    se = np.array([t.se for t in tested])
+    df = np.array([t.df for t in tested])
+    rerun = (np.array([t.effect for t in tested])[None, :]
+             + math.sqrt(2.0) * se[None, :] * rng.standard_t(df, size=(draws, len(tested))))
+    critical = np.array([stats.critical_t(level, d) for d in df])
+    helping = np.where(rerun - critical * se > 0, rerun, -np.inf)
+    tricks = sorted({t.trick for t in tested})
+    columns = {trick: [i for i, t in enumerate(tested) if t.trick == trick] for trick in tricks}
+    counts = np.zeros(len(tested))
+    for row in helping:
+        best = [(row[i], i) for trick in tricks for i in [max(columns[trick], key=row.__getitem__)]
+                if np.isfinite(row[i])]
+        best.sort(reverse=True)
+        size = eighty_set_size(np.array([value for value, _ in best]), share)
+        for _, index in best[:size]:
+            counts[index] += 1
+    for test, count in zip(tested, counts):
+        chances[(test.trick, test.option)] = float(count / draws)
+    return chances
 
 
-def _seeds_to_resolve(
-    effects: pd.DataFrame, n_seeds: int
-) -> tuple[list[tuple[float, int | None]], float]:
-    """Return, for each of RESOLVE_POINTS, the seeds resolving it for every undetermined option.
+def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int, n_configs: int,
+                alpha: float = stats.ALPHA, margin: float = stats.MARGIN,
+                max_seeds: int = MAX_SEEDS) -> SettlePlan:
+    """Return how many seeds would settle the undetermined options (see :class:`SettlePlan`).
 
-    Returns:
-        ``(resolve, floor)``: ``resolve`` pairs each effect size with the seeds (None when the
-        test set's own noise forbids it; empty when nothing is undetermined); ``floor`` is the
-        largest binomial floor of one accuracy (points).
+    An option is planned as settled at ``s`` seeds when its projected detectable effect (the
+    same noise model, t quantiles at the projected df, 80% power averaged over what today's
+    spread says the noise could be) is at most its measured effect's size (it would be called
+    helps or hurts) or at most ``margin`` less that size (its interval would fit inside
+    ±margin: negligible). The test set's share does not shrink with
+    seeds, so an option it alone keeps unsettled is ``beyond``.
     """
-    tested = effects[np.isfinite(effects["p_value"].to_numpy(float))]
-    rejected = int((tested["call"] != UNDETERMINED).sum())
-    level = 1.0 - stats.ALPHA / max(len(tested) - rejected, 1)
-    undetermined = tested[tested["call"] == UNDETERMINED]
-    floor = float(np.nanmax(effects["se_floor"])) if effects["se_floor"].notna().any() else math.nan
-    resolve: list[tuple[float, int | None]] = []
-    for points in RESOLVE_POINTS if len(undetermined) else ():
-        needed = [stats.seeds_needed(row.se_spread, n_seeds, row.se_floor, points, level)
-                  for row in undetermined.itertuples(index=False)]
-        resolve.append((points, None if None in needed else max(needed)))
-    return resolve, floor
+    calls = dict(zip(zip(effects["trick"], effects["option"]), effects["call"]))
+    tested = sum(t.tested for t in tests)
+    level = stats.family_level(tested, alpha)
+    needed: list[int] = []
+    beyond, bounded, no_interval, unsettled = [], [], [], []
+    for test in tests:
+        if calls.get((test.trick, test.option)) != UNDETERMINED:
+            continue
+        key = (test.trick, test.option)
+        if not test.tested:
+            no_interval.append(key)
+            continue
+        unsettled.append(key)
+        target = max(abs(test.effect), margin - abs(test.effect))
+        if stats.detectable_effect(test.se_test, math.inf, level) >= target:
+            (beyond if test.test_source == PER_EXAMPLE else bounded).append(key)
+            continue
+        for seeds in range(n_seeds + 1, max_seeds + 1):
+            se, df = test.projected_se(seeds)
+            if stats.detectable_effect(se, df, level, measured_df=test.df) <= target:
+                needed.append(seeds)
+                break
+        else:
+            needed.append(max_seeds + 1)
+    planned = [s for s in needed if s <= max_seeds]
+    seeds = max(planned) if planned and len(planned) == len(needed) else None
+    return SettlePlan(seeds=seeds, new_runs=(seeds - n_seeds) * n_configs if seeds else 0,
+                      beyond=beyond, bounded=bounded, no_interval=no_interval, unsettled=unsettled)
 
 
 def _best_trial(runs: pd.DataFrame, factors: Factors) -> dict[str, Any] | None:
@@ -218,7 +253,10 @@ def pareto_verdict(
     planned: Sequence[Mapping[str, str]] | None = None,
     kind: str = "grid",
     images: float = math.nan,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    draws: int = STABILITY_DRAWS,
+    examples: ExampleResults | None = None,
+    alpha: float = stats.ALPHA,
+    margin: float = stats.MARGIN,
 ) -> Verdict:
     """Call every option, then find the fewest helping ones that give ``share`` of their gain.
 
@@ -226,7 +264,8 @@ def pareto_verdict(
     with the top-k at those options and the rest at defaults; its gain is the sum of the k main
     effects, each averaged over every partner config and seed (a single config's measured gain
     is noisier, and is shown beside it). The total gain is the last row's, so shares are of a
-    gain built from tested effects only, and the bootstrap chooses its sets the same way.
+    gain built from tested effects only, and the reruns of :func:`stability` choose their sets
+    the same way.
 
     Args:
         runs: One row per trial run.
@@ -235,15 +274,18 @@ def pareto_verdict(
         share: The fraction of the total gain the chosen set must reach, 0.8 for the 80/20 rule.
         planned: The study's configs when it is not a full factorial (see missing_configs).
         kind: ``grid`` or ``optuna`` (a search: its best trial is reported instead of a set).
-        images: Test-set size for runs that did not log it (NaN: no binomial floor).
-        resamples: Bootstrap resamples for ``p_in_set`` (0 skips it).
+        images: Test-set size for runs that did not log it.
+        draws: Simulated reruns for ``p_in_set`` (0 skips it).
+        examples: The runs' per-example results (None: the bound for the test set's share).
+        alpha: The family-wise error rate of the calls.
+        margin: Points inside which an effect does not matter (``negligible``).
 
     Returns:
         The verdict.
     """
     configs = config_table(runs, factors)
-    pairs = option_pairs(runs, factors, defaults)
-    effects = main_effects(runs, factors, defaults, images=images, pairs=pairs)
+    tests = option_tests(runs, factors, defaults, examples, images)
+    effects = effects_table(tests, alpha, margin)
     baseline_toggles = {trick: defaults[trick] for trick in factors}
     baseline = _config_row(configs, baseline_toggles)
     baseline_acc = math.nan if baseline is None else float(baseline["test_acc_mean"])
@@ -286,10 +328,9 @@ def pareto_verdict(
         list(zip(ranked["trick"], ranked["option"])))])
     rest = rest.sort_values("effect_mean", ascending=False, kind="stable", na_position="last")
     table = pd.concat([ranked, rest[["trick", "option"]]], ignore_index=True)
-    for name in ("call", "effect_mean", "ci_adj_low", "ci_adj_high", "p_adjusted"):
+    for name in ("call", "effect_mean", "ci_low", "ci_high", "p_adjusted"):
         table[name] = [keyed.loc[(t, o), name] for t, o in zip(table["trick"], table["option"])]
-    probability = stability(pairs, images, share, resamples) if resamples and kind == "grid" \
-        else {}
+    probability = stability(tests, share, alpha, draws) if draws and kind == "grid" else {}
     table["p_in_set"] = [probability.get((t, o), math.nan)
                          for t, o in zip(table["trick"], table["option"])]
     table.insert(0, "rank", range(1, len(table) + 1))
@@ -300,7 +341,7 @@ def pareto_verdict(
     all_seconds = float(ranked["train_seconds"].iloc[-1]) if len(ranked) else math.nan
     results = result_runs(runs, factors)
     seeds = sorted(int(s) for s in results["seed"].dropna().unique())
-    resolve, floor = _seeds_to_resolve(effects, max(len(seeds), 1))
+    plan = settle_plan(tests, effects, max(len(seeds), 1), len(configs), alpha, margin)
     return Verdict(
         table=table,
         effects=effects,
@@ -323,7 +364,8 @@ def pareto_verdict(
         n_configs=len(configs),
         seeds=seeds,
         kind=kind,
-        resolve=resolve,
-        floor_points=floor,
+        plan=plan,
+        margin=margin,
+        alpha=alpha,
         best_trial=_best_trial(runs, factors) if kind == "optuna" else None,
     )

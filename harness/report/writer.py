@@ -12,9 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.effects import INTERACTION_COLUMNS, interactions
+from harness.report import stats
+from harness.report.effects import CALLS, INTERACTION_COLUMNS, interactions
+from harness.report.examples import ExampleResults
 from harness.report.figures import cost_accuracy_chart, pareto_chart
-from harness.report.load import load_runs, optuna_importances, study_command
+from harness.report.load import load_examples, load_runs, optuna_importances, study_command
 from harness.report.render import format_verdict, verdict_markdown
 from harness.report.tables import config_table
 from harness.report.verdict import Verdict, pareto_verdict
@@ -73,7 +75,12 @@ def _csv(frame: pd.DataFrame) -> Writer:
 
 
 def write_report(
-    runs: pd.DataFrame, meta: Mapping[str, Any], out_dir: str | Path, resamples: int | None = None
+    runs: pd.DataFrame,
+    meta: Mapping[str, Any],
+    out_dir: str | Path,
+    draws: int | None = None,
+    examples: ExampleResults | None = None,
+    margin: float = stats.MARGIN,
 ) -> Report:
     """Compute every table of the report once, then write the files into ``out_dir``.
 
@@ -88,8 +95,10 @@ def write_report(
         meta: Needs ``factors`` and ``defaults``; reads ``kind``, ``configs``, ``optuna_storage``
             and ``optuna_study_name`` when present.
         out_dir: The folder to write into; created if absent.
-        resamples: Bootstrap resamples of the stability column; default
-            :data:`harness.report.verdict.BOOTSTRAP_RESAMPLES`.
+        draws: Simulated reruns of the stability column; default
+            :data:`harness.report.verdict.STABILITY_DRAWS`.
+        examples: The runs' per-example results (None: the test set's share is bounded).
+        margin: Points inside which an effect is ``negligible``.
 
     Returns:
         The report; its ``paths`` map report names (keys of :data:`REPORT_FILES`) to files.
@@ -97,9 +106,10 @@ def write_report(
     factors, defaults = meta["factors"], meta["defaults"]
     kind = meta.get("kind", "grid")
     configs = config_table(runs, factors)
-    extra = {} if resamples is None else {"resamples": resamples}
+    extra = {} if draws is None else {"draws": draws}
     verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"), kind=kind,
-                             images=meta.get("test_images", math.nan), **extra)
+                             images=meta.get("test_images", math.nan), examples=examples,
+                             margin=margin, **extra)
     if "study" in meta and "budget" in meta:  # the seed advice prints a command to run
         verdict.command = study_command(meta)
     pair_effects = (interactions(runs, factors, defaults) if kind == "grid" and len(factors) >= 2
@@ -161,6 +171,7 @@ def build_report(
     out_dir: str | Path,
     parent_run_id: str | None = None,
     log_to_mlflow: bool = False,
+    margin: float = stats.MARGIN,
 ) -> Report:
     """Load a study from MLflow, write its report, optionally log it to the parent run.
 
@@ -172,7 +183,9 @@ def build_report(
         budget: Budget name.
         out_dir: The folder to write into.
         parent_run_id: The study's parent run; default: the newest.
-        log_to_mlflow: Also log the files under ``report/`` of the parent run.
+        log_to_mlflow: Also log the files under ``report/`` of the parent run, and the calls'
+            counts and the margin on it.
+        margin: Points inside which an effect is ``negligible``.
 
     Returns:
         The report.
@@ -181,7 +194,31 @@ def build_report(
         UserError: From :func:`harness.report.load_runs` (no such study, no trial runs, ...).
     """
     runs, meta = load_runs(tracking_uri, study, budget, parent_run_id=parent_run_id)
-    report = write_report(runs, meta, out_dir)
+    examples = load_examples(tracking_uri, runs)
+    report = write_report(runs, meta, out_dir, examples=examples, margin=margin)
     if log_to_mlflow:
         log_report_to_mlflow(report.paths, meta["parent_run_id"], tracking_uri)
+        log_calls_to_mlflow(report.verdict, meta["parent_run_id"], tracking_uri)
     return report
+
+
+def log_calls_to_mlflow(verdict: Verdict, parent_run_id: str, tracking_uri: str) -> None:
+    """Put the calls on the parent run: a count metric per call, the margin, and a calls tag.
+
+    The MLflow runs table then shows the verdict in the parent's row without opening a file.
+    """
+    import json
+
+    import mlflow
+
+    from harness.tracking import Tag
+
+    client = mlflow.MlflowClient(tracking_uri)
+    counts = verdict.effects["call"].value_counts()
+    metrics = {f"n_{call}": float(counts.get(call, 0)) for call in CALLS}
+    metrics["margin_points"] = verdict.margin
+    for name, value in metrics.items():
+        client.log_metric(parent_run_id, name, value)
+    calls = {f"{row.trick}={row.option}": row.call
+             for row in verdict.effects.itertuples(index=False)}
+    client.set_tag(parent_run_id, Tag.CALLS, json.dumps(calls)[:5000])
