@@ -43,6 +43,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "device": ("auto", "auto | cpu | cuda | cuda:N | mps"),
     "progress": (True, "show progress bars"),
     "out": (None, "folder for the exported report; default: exports/<study>-<budget>"),
+    "margin": (1.0, "points: an option whose whole family-wise interval lies inside +-margin "
+               "is called negligible"),
     "stale_after": (900.0, "seconds without a heartbeat after which another host's RUNNING "
                     "trial counts as dead"),
     "workers": (1, "worker processes of this study: a number, or auto (one per visible GPU)"),
@@ -80,6 +82,7 @@ class RunConfig:
     launch: Launch = field(default_factory=Launch)
     overrides: tuple[str, ...] = field(default=())
     rerun: bool = False
+    margin: float = 1.0  # points: the report's band for `negligible`
 
     def plan(self) -> Plan:
         """Return the study's plan: what its workers need, without the command line's settings."""
@@ -195,6 +198,7 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         out=None if settings["out"] is None else str(settings["out"]),
         stale_after=_positive_float("stale_after", settings["stale_after"]),
         launch=_launch(settings), overrides=tuple(args), rerun=settings["rerun"],
+        margin=_positive_float("margin", settings["margin"], "accuracy points"),
     )
 
 
@@ -239,9 +243,9 @@ def _positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:
     return value
 
 
-def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise UserError(f"{key} must be a positive number of seconds, got {value!r}")
+def _positive_float(key: str, value: Any, unit: str = "seconds") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise UserError(f"{key} must be a positive number of {unit}, got {value!r}")
     return float(value)
 
 

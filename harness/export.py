@@ -6,6 +6,7 @@ Keys:
     out: The output folder; default ``exports/<study>-<budget>/``.
     tracking_uri: The MLflow store; default ``sqlite:///mlruns/mlflow.db``.
     parent: The study's parent run id, when the experiment holds several; default: the newest.
+    margin: Points inside which an effect is ``negligible``; default 1.0.
 
 Writes configs.csv, effects.csv, interactions.csv, verdict.md and two figures (see
 :mod:`harness.report`), prints the verdict and the paths. A mistake in the arguments or a
@@ -15,6 +16,7 @@ missing study or store ends with one ``error:`` line on stderr and exit code 2.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +28,7 @@ DEFAULTS = {
     "out": None,
     "tracking_uri": "sqlite:///mlruns/mlflow.db",
     "parent": None,
+    "margin": "1.0",
 }
 """Argument key → default; None means computed (``out``), required (``study``) or newest
 (``parent``)."""
@@ -86,6 +89,16 @@ def readable_tracking_uri(tracking_uri: str) -> str:
     return check_tracking_uri(tracking_uri)
 
 
+def _margin(text: str) -> float:
+    try:
+        margin = float(text)
+    except ValueError:
+        margin = math.nan
+    if not 0 < margin < 1e9:
+        raise UserError(f"margin must be a positive number of accuracy points, got {text!r}")
+    return margin
+
+
 def export(argv: list[str]) -> str:
     """Load the study, write its report and return the text to print.
 
@@ -107,7 +120,8 @@ def export(argv: list[str]) -> str:
     from harness.report import build_report
 
     out_dir = Path(args["out"] or Path("exports") / f"{args['study']}-{budget}")
-    report = build_report(tracking_uri, args["study"], budget, out_dir, args["parent"])
+    report = build_report(tracking_uri, args["study"], budget, out_dir, args["parent"],
+                          margin=_margin(args["margin"]))
     meta = report.meta
     others = meta["n_parents"] - 1
     also = f"; {others} other parent run(s) there, choose with parent=RUN_ID" if others else ""

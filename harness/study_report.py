@@ -29,7 +29,7 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
     out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
     try:
         report = build_report(tracking_uri, cfg.study.name, cfg.budget, out_dir,
-                              outcome.parent_run_id, log_to_mlflow=True)
+                              outcome.parent_run_id, log_to_mlflow=True, margin=cfg.margin)
     except UserError as exc:  # e.g. no trial has started: the study itself still ran
         print(f"no report: {exc}")
         return None
