@@ -6,6 +6,7 @@ is known by its identity (what it computes), so a grown study trains only the tr
 
 import hashlib
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -128,7 +129,7 @@ def test_changed_recipe_value_trains_everything_again(images, tmp_path, capsys):
     assert main([f"study={study}", *args_for(images, tmp_path)]) == 0
     assert main([f"study={study}", *args_for(images, tmp_path), "trainer.epochs=2"]) == 0
     out = capsys.readouterr().out
-    assert "reused" not in out, out
+    assert not re.search(r"\d+ reused", out), out
     _, _, runs, parents = experiment_runs(tmp_path, "grow-smoke")
     assert len(trained_under(runs, parents[0].info.run_id)) == 2
     assert_one_finished_run_per_identity(runs, 4)
@@ -161,7 +162,7 @@ def test_rerun_replaces_the_old_run_and_deletes_nothing(images, tmp_path, capsys
     capsys.readouterr()
     assert main([*args, "rerun=true"]) == 0
     out = capsys.readouterr().out
-    assert out.count("replaces run") == 2 and "reused" not in out, out
+    assert out.count("replaces run") == 2 and not re.search(r"\d+ reused", out), out
     client, _, runs, parents = experiment_runs(tmp_path, "grow-smoke")
     assert len(finished(runs)) == 4  # the old runs are kept, FINISHED
     new = trained_under(runs, parents[0].info.run_id)
@@ -192,7 +193,8 @@ def test_runs_without_identity_are_not_reused_and_still_export(images, tmp_path,
     capsys.readouterr()
     assert main([*args, "seeds=[0,1]"]) == 0
     out = capsys.readouterr().out
-    assert "reused" not in out, out
+    # The settle advice may say finished runs are reused; no run may be counted as reused.
+    assert not re.search(r"\d+ reused", out), out
     counted, _ = load_runs(f"sqlite:///{tmp_path}/mlflow.db", "grow", "smoke")
     assert len(counted) == 4
     old_parent = experiment_runs(tmp_path, "grow-smoke")[3][-1].info.run_id
@@ -248,9 +250,10 @@ def test_identity_is_what_a_trial_computes():
 
 @pytest.mark.slow
 def test_growth_after_sigkill_finishes_every_trial_once(images, tmp_path):
-    # Four configs, each slow enough (many epochs) to be killed in the middle of one.
+    # Four configs, each slow enough (many epochs) to be killed in the middle of one. A gentle
+    # SGD rate: at 0.1 the deep stem diverged on some CPUs, and a diverged trial is run again.
     base = ["study=tricks", *args_for(images, tmp_path), "depth=resnet18", "init=default",
-            "trainer.epochs=30", "trainer.batch_size=8"]
+            "trainer.epochs=30", "trainer.batch_size=8", "optimizer.lr=0.02"]
     assert main([*base, "seeds=[0]"]) == 0
     process = harness([*base, "seeds=[0,1]"])
     lines = []

@@ -67,7 +67,8 @@ EFFECT_COLUMNS = (
     "n_seeds",
 )
 """effects.csv columns. Effects, intervals, ``margin``, ``detectable`` (the smallest true effect
-this study calls 80% of the time) and the standard errors are in accuracy points. ``ci_low`` and
+this study calls 80% of the time, averaged over what its spread says the noise could be) and the
+standard errors are in accuracy points. ``ci_low`` and
 ``ci_high`` bound a family-wise interval: all options' intervals hold together at 95%.
 ``p_adjusted`` is Bonferroni's (below 0.05 exactly when the interval excludes 0); ``ci_source``
 says where each part of the noise came from."""
