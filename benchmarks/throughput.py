@@ -1,10 +1,14 @@
-"""Training throughput, side by side: the harness loop, a bare loop, and the seed's DataLoader.
+"""Training throughput, side by side: the harness loop eager and compiled, a bare loop, the seed's.
 
 For each case (a model and a batch size) this prints training images/s for
 
   (a) ``harness.train.fit`` on a Recipe: val_size=0 (no per-epoch eval), constant lr, SGD
-      lr 1e-3 momentum 0.9 (the seed's), no augmentation, no progress bars. Two epochs over
-      ``--images`` images; the second (warm) epoch's ``images_per_sec`` is reported.
+      lr 1e-3 momentum 0.9 (the seed's), no augmentation, no progress bars, eager
+      (``trainer.compile=false``). Two epochs over ``--images`` images; the second (warm)
+      epoch's ``images_per_sec`` is reported.
+  (d) the same with ``trainer.compile=true``: ``torch.compile`` (harness.compiling). Its
+      compile seconds are paid before the first step and reported apart (``compile s``: the
+      first repeat's, cold in this process; later repeats reuse the compiled graph).
   (b) a minimal hand-written loop over the same preloaded tensors (``PreparedData.train_x``/
       ``train_y``), the same model (``build_model``, same seed), batch size, optimizer and loss:
       randperm, index_select, forward, cross-entropy, backward, SGD step. A warm-up, then one timed
@@ -20,13 +24,14 @@ glibc hands freed activations back to the kernel, every step faults them in agai
 tens of per cent and depends on the allocator's history. ``--tune-malloc`` stops that for all
 three columns, to show what the harness would gain from doing it itself.
 
-Measurements are interleaved (a, b, c, then b, c, a, then c, a, b, ...) because the machine is
+Measurements are interleaved (a, b, c, d, then b, c, d, a, ...) because the machine is
 shared and noisy; with ``--repeats R`` the median of each column is reported and the ratios are
 of the medians, and a second table gives the best of the R (a disturbance only slows a run).
 All three run with the same torch thread count and the same precision and memory layout (the
 harness's ``Placement``: fp32 on the CPU; bf16 autocast and channels_last on CUDA).
 
     python benchmarks/throughput.py --quick
+    python benchmarks/throughput.py --cases resnet18-w8-b128 --skip-seed
     python benchmarks/throughput.py --json throughput.json
     python benchmarks/throughput.py --tune-malloc
     python benchmarks/throughput.py --cases simplecnn-b128 --toggles ema=on,grad_clip=on
@@ -86,9 +91,11 @@ SEED_WORKERS = 2
 
 # Default cases, with the images timed per measurement sized so one measurement of the slowest
 # column takes seconds, not minutes, on 2 CPU cores (see /work/shared/MEASURED.md for the rates).
-DEFAULT_CASES = ("simplecnn-b128", "simplecnn-b5", "resnet18-b256")
-DEFAULT_IMAGES = {"simplecnn-b128": 12800, "simplecnn-b5": 5000, "resnet18-b256": 2560}
-QUICK_IMAGES = {"simplecnn-b128": 2560, "simplecnn-b5": 1000, "resnet18-b256": 512}
+DEFAULT_CASES = ("simplecnn-b128", "simplecnn-b5", "resnet18-b256", "resnet18-w8-b128")
+DEFAULT_IMAGES = {"simplecnn-b128": 12800, "simplecnn-b5": 5000, "resnet18-b256": 2560,
+                  "resnet18-b128": 6400}
+QUICK_IMAGES = {"simplecnn-b128": 2560, "simplecnn-b5": 1000, "resnet18-b256": 512,
+                "resnet18-b128": 1280}
 FALLBACK_IMAGES = 2560  # for a case not in the tables above
 
 # glibc mallopt parameters (malloc.h) and the values --tune-malloc sets. By default glibc serves
@@ -108,6 +115,7 @@ TARGETS = (
     ("resnet18-w16-b256", "a/b", 0.95),
     ("simplecnn-b128", "a/c", 3.0),
     ("simplecnn-b5", "a/c", 3.0),
+    ("resnet18-w8-b128", "d/b", 1.4),  # compiled harness against the bare eager loop
 )
 
 
@@ -139,6 +147,7 @@ class Measurement:
     faults_per_image: float
     threads: int  # torch intra-op threads while timing
     startup_s: float = 0.0  # (c) only: from iter(loader) to the first batch, not in the rate
+    compile_s: float = 0.0  # (d) only: compiling before the first step, not in the rate
 
 
 def _minor_faults() -> int:
@@ -154,20 +163,25 @@ class CaseResult:
     bare: list[float] = field(default_factory=list)
     seed: list[float] = field(default_factory=list)
     seed_startup_s: list[float] = field(default_factory=list)
-    threads: dict[str, list[int]] = field(default_factory=lambda: {"a": [], "b": [], "c": []})
+    compiled: list[float] = field(default_factory=list)
+    compile_s: list[float] = field(default_factory=list)
+    threads: dict[str, list[int]] = field(
+        default_factory=lambda: {"a": [], "b": [], "c": [], "d": []})
     faults_per_image: dict[str, list[float]] = field(
-        default_factory=lambda: {"a": [], "b": [], "c": []})
+        default_factory=lambda: {"a": [], "b": [], "c": [], "d": []})
     loadavg_1min: list[float] = field(default_factory=list)  # before each repeat
     orders: list[str] = field(default_factory=list)  # the order a, b, c ran in, per repeat
 
     def add(self, column: str, measured: Measurement) -> None:
-        """Record one measurement of column ``a``, ``b`` or ``c``."""
-        {"a": self.harness, "b": self.bare, "c": self.seed}[column].append(
+        """Record one measurement of column ``a``, ``b``, ``c`` or ``d``."""
+        {"a": self.harness, "b": self.bare, "c": self.seed, "d": self.compiled}[column].append(
             measured.images_per_sec)
         self.threads[column].append(measured.threads)
         self.faults_per_image[column].append(measured.faults_per_image)
         if column == "c":
             self.seed_startup_s.append(measured.startup_s)
+        if column == "d":
+            self.compile_s.append(measured.compile_s)
 
     def medians(self) -> dict[str, float]:
         """Median images/s per column and the ratios of those medians."""
@@ -179,9 +193,14 @@ class CaseResult:
         return self._summary(max)
 
     def _summary(self, pick: Callable[[list[float]], float]) -> dict[str, float]:
-        a, b, c = (pick(v) for v in (self.harness, self.bare, self.seed))
-        return {"a": a, "b": b, "c": c, "a/b": a / b, "a/c": a / c,
-                "startup_s": statistics.median(self.seed_startup_s)}
+        nan = float("nan")
+        a, b, c, d = (pick(v) if v else nan
+                      for v in (self.harness, self.bare, self.seed, self.compiled))
+        return {"a": a, "b": b, "c": c, "d": d, "a/b": a / b, "a/c": a / c, "d/b": d / b,
+                "d/a": d / a,
+                "startup_s": statistics.median(self.seed_startup_s) if self.seed_startup_s
+                else nan,
+                "compile_s": self.compile_s[0] if self.compile_s else nan}
 
 
 # --- the three measurements --------------------------------------------------------------------
@@ -195,7 +214,8 @@ def make_recipe(case: Case, spec: DataSpec, precision: str) -> Recipe:
         optimizer=OptimizerSpec(name="sgd", lr=LR, momentum=MOMENTUM, weight_decay=0.0),
         schedule=ScheduleSpec(name="constant"),
         augment=AugmentSpec(ops=()),
-        trainer=TrainerSpec(epochs=2, batch_size=case.batch_size, precision=precision),
+        trainer=TrainerSpec(epochs=2, batch_size=case.batch_size, precision=precision,
+                            compile=False),
         seed=SEED,
     )
 
@@ -213,7 +233,8 @@ def measure_harness(recipe: Recipe, data: PreparedData, device: torch.device) ->
         raise RuntimeError(f"harness run {result.status}: {result.reason}")
     last = result.history[-1]
     images = last["images_per_sec"] * last["epoch_seconds"]
-    return Measurement(last["images_per_sec"], (faults[-1] - faults[-2]) / images, threads[-1])
+    return Measurement(last["images_per_sec"], (faults[-1] - faults[-2]) / images, threads[-1],
+                       compile_s=result.compile_seconds)
 
 
 def _autocast(placement: Placement) -> contextlib.AbstractContextManager:
@@ -415,26 +436,34 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device,
     # (a) warms up for a whole epoch instead; its per-epoch figure is all fit reports.
     warmup = max(2, math.ceil(case.images / case.batch_size / 4))
     out = CaseResult(case)
+    compiled_recipe = replace(harness_recipe,
+                              trainer=replace(harness_recipe.trainer, compile=True))
     measure = {
         "a": lambda: measure_harness(harness_recipe, data, device),
         "b": lambda: measure_bare(recipe, data, placement, case.images, warmup),
         "c": lambda: measure_seed(recipe, loader, placement, case.images, warmup),
+        "d": lambda: measure_harness(compiled_recipe, data, device),
     }
+    columns = "ab" + ("" if args.skip_seed else "c") + ("" if args.skip_compiled else "d")
     for repeat in range(args.repeats):
         out.loadavg_1min.append(os.getloadavg()[0])
-        # Rotate the order (abc, bca, cab, ...) so no column always runs straight after the
+        # Rotate the order (abcd, bcda, ...) so no column always runs straight after the
         # DataLoader's workers exit, or always first after the data is prepared.
-        order = "abc"[repeat % 3:] + "abc"[: repeat % 3]
+        shift = repeat % len(columns)
+        order = columns[shift:] + columns[:shift]
         for column in order:
             # fit sets the thread count itself (every core on the CPU); the others get the same.
             torch.set_num_threads(args.threads)
             out.add(column, measure[column]())
             gc.collect()
         out.orders.append(order)
-        faults = "/".join(f"{out.faults_per_image[k][-1]:.0f}" for k in "abc")
-        log(f"  {case.name} repeat {repeat + 1}/{args.repeats} ({order}): "
-            f"a {out.harness[-1]:,.0f}  b {out.bare[-1]:,.0f}  c {out.seed[-1]:,.0f} img/s  "
-            f"(page faults/img a/b/c {faults}; c start-up {out.seed_startup_s[-1]:.2f} s; "
+        rates = {"a": out.harness, "b": out.bare, "c": out.seed, "d": out.compiled}
+        shown = "  ".join(f"{k} {rates[k][-1]:,.0f}" for k in columns)
+        faults = "/".join(f"{out.faults_per_image[k][-1]:.0f}" for k in columns)
+        extra = (f"; c start-up {out.seed_startup_s[-1]:.2f} s" if "c" in columns else "") + (
+            f"; d compiled in {out.compile_s[-1]:.1f} s" if "d" in columns else "")
+        log(f"  {case.name} repeat {repeat + 1}/{args.repeats} ({order}): {shown} img/s  "
+            f"(page faults/img {'/'.join(columns)} {faults}{extra}; "
             f"load {out.loadavg_1min[-1]:.2f})")
     return out
 
@@ -460,20 +489,22 @@ def machine_info(device: torch.device, threads: int) -> dict[str, object]:
 
 
 def print_table(results: list[CaseResult], repeats: int, best: bool = False) -> None:
-    """One row per case: images/s of a, b, c (median, or best of the repeats), and the ratios."""
+    """One row per case: images/s of a-d (median, or best of the repeats), and the ratios."""
     header = (f"{'case':<20} {'images':>7} {'(a) harness':>12} {'(b) bare':>10} "
-              f"{'(c) seed DL':>12} {'a/b':>6} {'a/c':>6} {'c start-up':>11} "
-              f"{'faults/img a/b/c':>17}")
+              f"{'(c) seed DL':>12} {'(d) compiled':>13} {'a/b':>6} {'a/c':>6} {'d/b':>6} "
+              f"{'c start-up':>11} {'compile s':>10} {'faults/img a/b/c/d':>19}")
     if repeats > 1:
         header += f"  {'a/b per repeat':<16}"
     print(header)
     print("-" * len(header))
     for result in results:
         m = result.best() if best else result.medians()
-        faults = "/".join(f"{statistics.median(result.faults_per_image[k]):.0f}" for k in "abc")
+        faults = "/".join(f"{statistics.median(v):.0f}" if v else "-"
+                          for v in result.faults_per_image.values())
         row = (f"{result.case.name:<20} {result.case.images:>7} {m['a']:>12,.0f} {m['b']:>10,.0f} "
-               f"{m['c']:>12,.0f} {m['a/b']:>6.3f} {m['a/c']:>6.2f} {m['startup_s']:>9.2f} s "
-               f"{faults:>17}")
+               f"{m['c']:>12,.0f} {m['d']:>13,.0f} {m['a/b']:>6.3f} {m['a/c']:>6.2f} "
+               f"{m['d/b']:>6.3f} {m['startup_s']:>9.2f} s {m['compile_s']:>8.1f} s "
+               f"{faults:>19}")
         if repeats > 1:
             ratios = [a / b for a, b in zip(result.harness, result.bare)]
             row += f"  {min(ratios):.3f}-{max(ratios):.3f}"
@@ -487,6 +518,8 @@ def check_targets(results: list[CaseResult], device: torch.device) -> list[dict[
     for name, ratio, minimum in TARGETS:
         if name in by_name:
             value = by_name[name][ratio]
+            if math.isnan(value):  # its column was skipped
+                continue
             checks.append({"case": name, "ratio": ratio, "value": value, "minimum": minimum,
                            "met": value >= minimum})
     if checks:
@@ -501,7 +534,8 @@ def check_targets(results: list[CaseResult], device: torch.device) -> list[dict[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Training images/s of the harness loop (a), a bare loop over the same "
-                    "tensors (b) and the seed's ImageFolder+DataLoader pipeline (c), side by side.")
+                    "tensors (b), the seed's ImageFolder+DataLoader pipeline (c) and the compiled "
+                    "harness loop (d), side by side.")
     parser.add_argument("--quick", action="store_true",
                         help="fewer images and 1 repeat: the whole run in under a minute")
     parser.add_argument("--images", type=int, default=None,
@@ -529,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1,
                         help="train (a) on this many DDP ranks (gloo on the CPU): its images/s "
                              "is the global rate; its page faults are the launcher's only")
+    parser.add_argument("--skip-seed", action="store_true",
+                        help="leave out (c), the seed's DataLoader pipeline")
+    parser.add_argument("--skip-compiled", action="store_true",
+                        help="leave out (d), the compiled harness (its first compile takes "
+                             "30-65 s a case on 2 cores)")
     parser.add_argument("--json", type=Path, default=None, help="also save the results here")
     args = parser.parse_args(argv)
     items = [item.strip() for item in args.toggles.split(",") if item.strip()]
@@ -584,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{r.case.name} {statistics.median(r.loadavg_1min):.2f}" for r in results))
 
     for result in results:
-        used = {key: sorted(set(values)) for key, values in result.threads.items()}
+        used = {key: sorted(set(values)) for key, values in result.threads.items() if values}
         if len({tuple(v) for v in used.values()}) != 1:
             print(f"warning: {result.case.name} ran with differing thread counts {used}",
                   file=sys.stderr)

@@ -7,6 +7,7 @@ Where the code runs (the device) is not part of the recipe; it is recorded as a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -105,7 +106,11 @@ class TrainerSpec:
     eval_batch_size: int = 1000
     grad_accum: int = 1  # optimizer steps every this many batches
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
-    compile: bool = False  # torch.compile the model (CUDA only; ignored elsewhere)
+    # torch.compile the model: "auto" where it should pay (CUDA, and the CPU for runs long
+    # enough to repay compiling), true to always try, false never (harness.compiling). Off by
+    # default: on 2 CPU cores it gained 1.24-1.29x on a ResNet and lost on SimpleCNN
+    # (BENCHMARKS.md), which does not repay a cold compile per architecture.
+    compile: bool | str = False
     # Devices that train one run together with DDP (GPUs, or CPU ranks with gloo); batch_size
     # is the global batch, split across them, and the lr is left as it is.
     devices: int = 1
@@ -113,6 +118,12 @@ class TrainerSpec:
     # Step hooks by registered name (harness.hooks), in order, each with the numbers it reads,
     # e.g. {"NAME": {"decay": 0.999}}. Empty: the loop runs no hook at all.
     hooks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # "true"/"false" typed as text mean the booleans: one spelling each, so an identity
+        # does not depend on how the value was written.
+        if isinstance(self.compile, str) and self.compile.lower() in ("true", "false"):
+            object.__setattr__(self, "compile", self.compile.lower() == "true")
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,8 @@ def validate(recipe: Recipe) -> None:
                         f"{recipe.optimizer.norm_bias_lr_factor}")
     if recipe.augment.crop_fill not in CROP_FILLS:
         raise unknown_choice("augment.crop_fill", recipe.augment.crop_fill, CROP_FILLS)
+    if recipe.trainer.compile not in (True, False, "auto"):
+        raise unknown_choice("trainer.compile", recipe.trainer.compile, ["auto", "true", "false"])
     if recipe.trainer.precision not in ("auto", "fp32", "bf16"):
         raise unknown_choice("trainer.precision", recipe.trainer.precision,
                              ["auto", "fp32", "bf16"])
@@ -248,7 +261,10 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, path)
+        for hint_ in inner[:-1]:  # the first type the value fits, e.g. bool, then str
+            with contextlib.suppress(UserError):
+                return _coerce(hint_, value, path)
+        return _coerce(inner[-1], value, path)
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, list | tuple):
             value = [value]

@@ -79,6 +79,7 @@ class Tag:
     COMMAND = "harness.command"  # on a parent: JSON list of the command line's overrides
     CALLS = "harness.calls"  # on a parent: JSON of option → call, written with the report
     TEST_DIGEST = "harness.test_digest"  # on a trial: digest of its test set, in its order
+    COMPILE = "harness.compile"  # on a trial: "compiled", or "eager: WHY" (harness.compiling)
     # On a FINISHED run that a later study adopted instead of training it again: one tag per
     # adopting parent run, ``harness.adopted_by.<parent run id>``, so a search finds them.
     ADOPTED_BY_PREFIX = "harness.adopted_by."

@@ -3,6 +3,7 @@
 The data already sits on the device, normalised (``harness.data.prepare_data``), so a step is an
 index, an optional batched augmentation, a forward and a backward: no DataLoader, no PIL. On CUDA
 the loop uses bf16 autocast and channels_last; on the CPU it uses every core and is deterministic.
+``trainer.compile`` trains through ``torch.compile`` where it pays (``harness.compiling``).
 Tricks that act inside a step do so through the recipe's hooks (``harness.hooks``); a stage no
 hook uses is skipped at no cost. ``trainer.devices=N`` trains one run on N devices with DDP
 (``harness.distributed``); with one device none of that code runs.
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness import distributed
+from harness import compiling, distributed
 from harness.data import PreparedData, augment, shuffled_rows
 from harness.distributed import Group
 from harness.divergence import DivergenceWatch
@@ -109,6 +111,8 @@ class TrainResult:
     reason: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # time in training steps, without the per-epoch val evaluation
+    compile_seconds: float = 0.0  # paid before the first step, not part of train_seconds
+    compile_tag: str = "eager: trainer.compile=false"  # which way it ran (harness.compiling)
     images_seen: int = 0
     infer: Infer | None = None
     eval_batch_size: int = 1000
@@ -246,15 +250,25 @@ def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
         # is the global batch's mean gradient even when the shares differ by a row.
         forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                           else None)
-    if trainer.compile and device.type == "cuda":
-        forward = torch.compile(model)
-
     channels_last = placement.memory_format == torch.channels_last
     # A disabled torch.autocast still costs microseconds a step; fp32 runs skip it entirely.
     autocast = (functools.partial(torch.autocast, device.type, dtype=placement.autocast_dtype)
                 if placement.autocast_dtype is not None else contextlib.nullcontext)
+    decision = compiling.decide(trainer.compile, device, trainer.epochs * len(data.train_y),
+                                distributed=group.active)
+    if decision.compiled:
+        compiling.use_cache_folder(Path(recipe.data.root).expanduser() / ".harness-cache"
+                                   / "inductor")
+    batch_shape = (min(trainer.batch_size, len(data.train_y)), *data.train_x.shape[1:])
+    prepared = compiling.prepare_forward(model, decision, batch_shape, device=device,
+                                         memory_format=placement.memory_format,
+                                         autocast=autocast)
+    if not group.active:
+        forward = prepared.forward
     result = TrainResult(model=model, placement=placement, status="finished", infer=hooks.infer,
-                         eval_batch_size=trainer.eval_batch_size)
+                         eval_batch_size=trainer.eval_batch_size,
+                         compile_seconds=prepared.compile_seconds,
+                         compile_tag=prepared.decision.tag)
     epoch_bar = tqdm(range(1, trainer.epochs + 1), desc=description, unit="epoch",
                      disable=not progress, leave=False, dynamic_ncols=True)
     step = 0
@@ -396,7 +410,9 @@ def _fit_on_devices(recipe: Recipe, data: PreparedData, device: torch.device,
                        reason=finished.reason, history=finished.history,
                        train_seconds=finished.train_seconds, images_seen=finished.images_seen,
                        infer=evaluation_infer(recipe, model, data.num_classes),
-                       eval_batch_size=recipe.trainer.eval_batch_size)
+                       eval_batch_size=recipe.trainer.eval_batch_size,
+                       compile_tag=compiling.decide(recipe.trainer.compile, device, 0,
+                                                    distributed=True).tag)
 
 
 @dataclass(frozen=True)

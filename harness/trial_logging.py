@@ -39,6 +39,7 @@ def final_metrics(result: TrainResult, test: Evaluation) -> dict[str, float]:
         Metric.TEST_LOSS: test.loss,
         Metric.TEST_IMAGES: float(test.count),
         Metric.TRAIN_SECONDS: result.train_seconds,
+        Metric.COMPILE_SECONDS: result.compile_seconds,
         Metric.EPOCHS: float(result.epochs_completed),
         Metric.IMAGES_PER_SEC: result.images_per_second,
     }
@@ -75,6 +76,7 @@ def log_trial_outcome(tracker: Tracker, run_id: str, recipe: Recipe, data: Prepa
                       result: TrainResult, test: Evaluation) -> None:
     """Log final metrics, the three figures and the checkpoint of one trial."""
     tracker.log_metrics(run_id, final_metrics(result, test), step=result.epochs_completed)
+    tracker.set_tags(run_id, {Tag.COMPILE: result.compile_tag})
     tracker.log_figure(run_id, confusion_figure(test), "figures/confusion_matrix.png")
     tracker.log_figure(run_id, per_class_figure(test), "figures/per_class_accuracy.png")
     shown = preview_indices(data.test_y.cpu(), PREVIEW_IMAGES).to(data.test_y.device)

@@ -102,6 +102,13 @@ def test_per_example_predictions_line_up_with_the_logged_accuracy(tricks_smoke, 
             run.data.metrics["test_acc"], abs=1e-6)
 
 
+def test_each_trial_records_which_way_it_ran(tricks_smoke):
+    tmp, _ = tricks_smoke
+    _, runs, _ = trial_runs(tmp, "tricks-smoke")
+    assert {r.data.tags["harness.compile"] for r in runs} == {"eager: trainer.compile=false"}
+    assert {r.data.metrics["compile_seconds"] for r in runs} == {0.0}
+
+
 def test_report_is_written_and_logged_to_the_parent(tricks_smoke):
     tmp, _ = tricks_smoke
     for name in ("configs.csv", "effects.csv", "interactions.csv", "verdict.md"):

@@ -405,8 +405,11 @@ class Worker:
         summary.val_acc = last.get("val_acc", math.nan)
         if result.status == "diverged":
             return result.reason
+        compiled = (f"  compiled in {result.compile_seconds:.0f} s"
+                    if result.compile_tag == "compiled" else "")
         self.announce(f"  test {test.accuracy:.2f}%  val {summary.val_acc:.2f}%  "
-                      f"{result.train_seconds:.0f} s  {result.images_per_second:.0f} img/s")
+                      f"{result.train_seconds:.0f} s  {result.images_per_second:.0f} img/s"
+                      f"{compiled}")
         objective = last.get(plan.objective)
         if objective is None:  # no val split: fall back to training accuracy, never test
             objective = last.get("train_acc", math.nan)
