@@ -69,10 +69,10 @@ def check_device(name: str, cuda_count: int | None = None, mps: bool | None = No
     if mps is None:
         backend = getattr(torch.backends, "mps", None)
         mps = bool(backend and backend.is_available())
-    kind, _, index = name.partition(":")
-    if kind not in ("auto", "cpu", "cuda", "mps") or (index and kind != "cuda"):
+    device_type, _, index = name.partition(":")
+    if device_type not in ("auto", "cpu", "cuda", "mps") or (index and device_type != "cuda"):
         raise unknown_choice("device", name, ["auto", "cpu", "cuda", "cuda:N", "mps"])
-    if kind == "cuda":
+    if device_type == "cuda":
         if cuda_count == 0:
             raise UserError(f"device={name}: this machine has no CUDA GPU visible to torch; "
                             f"use device=auto or device=cpu")
@@ -82,7 +82,7 @@ def check_device(name: str, cuda_count: int | None = None, mps: bool | None = No
             if int(index) >= cuda_count:
                 raise UserError(f"device={name}: this machine has {cuda_count} GPU(s), "
                                 f"cuda:0 to cuda:{cuda_count - 1}")
-    if kind == "mps" and not mps:
+    if device_type == "mps" and not mps:
         raise UserError(f"device={name}: Apple's MPS backend is not available on this machine; "
                         f"use device=auto or device=cpu")
     return name
@@ -116,14 +116,14 @@ def check_device_fit(name: str, devices: int, workers: int | str = 1, trials_per
     if mps is None:
         backend = getattr(torch.backends, "mps", None)
         mps = bool(backend and backend.is_available())
-    kind = name.partition(":")[0]
-    if kind == "auto":  # as harness.train.resolve_device picks
-        kind = "cuda" if cuda_count else "mps" if mps else "cpu"
-    if kind not in ("cuda", "cpu"):
-        raise UserError(f"trainer.devices={devices} needs CUDA or the CPU, not {kind}")
-    if sync_bn and kind != "cuda":
+    device_type = name.partition(":")[0]
+    if device_type == "auto":  # as harness.train.resolve_device picks
+        device_type = "cuda" if cuda_count else "mps" if mps else "cpu"
+    if device_type not in ("cuda", "cpu"):
+        raise UserError(f"trainer.devices={devices} needs CUDA or the CPU, not {device_type}")
+    if sync_bn and device_type != "cuda":
         raise UserError("trainer.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-    if kind != "cuda":
+    if device_type != "cuda":
         return
     if ":" in name:
         raise UserError(f"device={name} pins one GPU; trainer.devices={devices} needs "

@@ -36,7 +36,10 @@ SETTINGS: dict[str, tuple[Any, str]] = {
               "only the new trials)"),
     "rerun": (False, "train every trial again, even those with a finished run; the new runs "
               "replace the old ones in reports (nothing is deleted)"),
-    "n_trials": (None, "trials of an optuna study; default: the study's"),
+    "design": (None, "grid | listed | fractional | search; default: the study's"),
+    "resolution": (None, "design=fractional: 4 (main effects clear of two-way interactions) "
+                   "or 5 (two-way interactions clear of each other); default 5"),
+    "n_trials": (None, "trials of a search; default: the study's"),
     "storage": (None, "Optuna storage: a journal file path or an RDB URL; default: "
                 "optuna/<study>.journal beside the MLflow SQLite store"),
     "tracking_uri": (DEFAULT_TRACKING_URI, "MLflow tracking URI (sqlite:///PATH or http://HOST)"),
@@ -87,9 +90,9 @@ class RunConfig:
     def plan(self) -> Plan:
         """Return the study's plan: what its workers need, without the command line's settings."""
         return Plan(
-            study=self.study.name, description=self.study.description, kind=self.study.kind,
+            study=self.study.name, description=self.study.description, design=self.study.design,
             budget=self.budget, recipe=self.recipe, factors=self.factors, fixed=self.fixed,
-            configs=self.configs, listed_configs=self.study.configs is not None,
+            configs=self.configs,
             seeds=self.seeds, n_trials=self.n_trials, objective=self.study.objective,
             direction=self.study.direction, pruner=self.study.pruner, search=self.study.search,
             storage=self.storage, tracking_uri=self.tracking_uri,
@@ -171,7 +174,9 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
             choices = [*SETTINGS, *valid_recipe_keys, *TRICKS, "factors.<trick>"]
             raise unknown_choice("key", key, choices)
 
-    study = load_study(str(settings["study"]))
+    study = load_study(str(settings["study"])).with_design(
+        None if settings["design"] is None else str(settings["design"]),
+        {} if settings["resolution"] is None else {"resolution": settings["resolution"]})
     budget = resolve_budget(str(settings["budget"]), cuda_available)
     recipe = compose_recipe(study, budget, recipe_overrides)
     seeds = _seeds(settings["seeds"], study.seeds_for(budget))

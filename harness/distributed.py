@@ -369,8 +369,8 @@ def fit_on_devices(fit: FitFunction, recipe: Any, data: PreparedData, device: to
                 if all(not process.is_alive() for process in ranks.processes):
                     raise RuntimeError("the ranks ended without sending their result")
                 continue
-            kind, payload = here.recv()
-            if kind == "epoch":
+            message, payload = here.recv()
+            if message == "epoch":
                 stopped = _run_callbacks(callbacks, *payload) if stopped is None else stopped
                 here.send(stopped is None)
             else:

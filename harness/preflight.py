@@ -78,7 +78,7 @@ def check_search(cfg: RunConfig) -> None:
 def trial_recipes(cfg: RunConfig) -> Iterator[Recipe]:
     """Yield the recipe of every config a study can train (each option, for a search)."""
     plan = cfg.plan()
-    if cfg.study.kind == "grid":
+    if cfg.study.design.queued:
         for toggles in cfg.configs:
             yield plan.trial_recipe(dict(toggles), cfg.seeds[0])
         return

@@ -8,6 +8,7 @@ the same command resumes.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -27,17 +28,14 @@ FLAGS = ("--help", "-h", "--list-tricks", "--dry-run")
 EXIT_CRASHED = 1  # a trial crashed or a worker died; the rest of the study still ran
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141  # the shell's code for a command whose reader closed the pipe (128 + SIGPIPE)
 EXIT_UNEXPECTED = 1  # an exception no check foresaw: one line, the traceback in a file
 
 
 def headline(cfg: RunConfig, requested_budget: str) -> str:
     """Return the first line a run prints: study, budget, trial count and device."""
     budget = f"{cfg.budget} (auto)" if requested_budget == "auto" else cfg.budget
-    if cfg.study.kind == "grid":
-        count = (f"{len(cfg.configs) * len(cfg.seeds)} trials = {len(cfg.configs)} configs × "
-                 f"{len(cfg.seeds)} seed(s)")
-    else:
-        count = f"{cfg.n_trials} optuna trials over {', '.join(cfg.factors)}"
+    count = cfg.study.design.headline(cfg.configs, cfg.seeds, cfg.n_trials, cfg.factors)
     device = device_name(resolve_device(cfg.device))
     return f"study {cfg.study.name} · budget {budget} · {count} · device {device}"
 
@@ -53,19 +51,8 @@ def describe_plan(cfg: RunConfig) -> str:
             changes = toggle_changes(cfg.recipe, {name: option})
             shown = ", ".join(f"{key}={value}" for key, value in changes.items()) or "nothing"
             lines.append(f"  {name}={option}: {shown}")
-    if cfg.study.kind == "grid":
-        cells = cfg.plan().cells()
-        for index, cell in enumerate(cells):
-            lines.append(f"  {index:>3}  {config_label(cell.toggles)}  seed={cell.seed}")
-        lines.append(f"{len(cells)} trials would run (finished ones are skipped on a re-run)")
-    else:
-        for name, options in cfg.factors.items():
-            lines.append(f"  {name}: {options}")
-        for key, span in cfg.study.search.items():
-            scale = "log" if span.log else "linear"
-            lines.append(f"  {key}: {span.low:g} .. {span.high:g} ({scale})")
-        lines.append(f"{cfg.n_trials} trials would run, seeds {list(cfg.seeds)}, "
-                     f"pruner {cfg.study.pruner}")
+    lines.append(f"design: {cfg.study.design.name}")
+    lines += cfg.study.design.describe(cfg.plan())
     return "\n".join(lines)
 
 
@@ -164,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted: the trial in flight is marked KILLED; run the same command again "
               "to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``--dry-run | head``): stop quietly, as cat and grep do, with
+        # stdout pointed at nothing so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
         print(crash_line(exc, "harness.run"), file=sys.stderr)
         return EXIT_UNEXPECTED

@@ -50,7 +50,8 @@ class Tag:
     STUDY = "harness.study"
     STUDY_KEY = "harness.study_key"
     BUDGET = "harness.budget"
-    KIND = "harness.kind"  # grid | optuna
+    KIND = "harness.kind"  # grid | fractional | optuna: what stores before designs read
+    DESIGN = "harness.design"  # JSON: the design's name and settings
     FACTORS = "harness.factors"  # JSON: trick → options in study order
     DEFAULTS = "harness.defaults"  # JSON: trick → neutral option
     FIXED = "harness.fixed"  # JSON: trick → option held in every trial

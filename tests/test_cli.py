@@ -72,3 +72,14 @@ def test_help_and_list_tricks(capsys):
     assert main(["--list-tricks"]) == 0
     out = capsys.readouterr().out
     assert "stem" in out and "(default)" in out
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """``--dry-run | head -1``: the pipe closes under the listing; the run stops quietly."""
+    shell = (f"'{sys.executable}' -m harness.run study=bag budget=smoke --dry-run | head -1; "
+             f"echo \"rc=${{PIPESTATUS[0]}}\"")
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, check=False,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.startswith("study bag · budget smoke")
+    assert result.stdout.strip().endswith("rc=141")
+    assert result.stderr == ""

@@ -21,7 +21,7 @@ def test_every_study_composes_and_dry_runs(study, budget, capsys):
     assert cfg.budget == budget
     plan = describe_plan(cfg)
     assert "would run" in plan
-    if cfg.study.kind == "grid":
+    if cfg.study.design.queued:
         assert len(cfg.configs) >= 1
         assert f"{len(cfg.configs) * len(cfg.seeds)} trials would run" in plan
     assert main([f"study={study}", f"budget={budget}", "--dry-run"]) == 0
@@ -97,7 +97,7 @@ def test_bad_study_files_are_refused():
         parse_study("x", {"kind": "grid", "factors": {"stem": ["none"]}, "facotrs": {}})
     with pytest.raises(UserError, match="unknown option of trick 'stem'"):
         parse_study("x", {"kind": "grid", "factors": {"stem": ["none", "huge"]}})
-    with pytest.raises(UserError, match="a grid needs factors or configs"):
+    with pytest.raises(UserError, match="design grid needs factors or configs"):
         parse_study("x", {"kind": "grid"})
 
 

@@ -126,7 +126,7 @@ def exported(store, tmp_path_factory):
 def test_load_runs_follows_the_schema(store):
     runs, meta = report.load_runs(store["uri"], "tricks", "cpu")
     assert meta["factors"] == FACTORS and meta["defaults"] == DEFAULTS
-    assert meta["kind"] == "grid" and meta["parent_run_id"] == store["parent_id"]
+    assert meta["design"].name == "grid" and meta["parent_run_id"] == store["parent_id"]
     assert len(runs) == 13
     for column in (
         "run_id",

@@ -82,7 +82,7 @@ class Dataset:
 class _Found:
     """A located data set, listed but not yet decoded."""
 
-    kind: str  # "folder" or "batches"
+    layout: str  # "folder" or "batches"
     root: Path
     source: str
     fingerprint: tuple[tuple[str, int, int], ...]  # (relative path, size, mtime_ns) per file
@@ -245,7 +245,7 @@ def _fingerprint_dir(root: Path, folder: Path) -> tuple[tuple[str, int, int], ..
 
 
 def _decode(found: _Found, image_size: int | None) -> Dataset:
-    if found.kind == "batches":
+    if found.layout == "batches":
         train, test, classes = _decode_batches(found.root, image_size)
     else:
         train, test = _decode_folder(found, image_size)

@@ -274,7 +274,8 @@ def effects_table(tests: Sequence[OptionTest], alpha: float = stats.ALPHA,
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
 
 
-def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str]) -> pd.DataFrame:
+def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str],
+                 from_model: bool = False) -> pd.DataFrame:
     """Estimate two-way interactions: how much trick A's effect changes when B is on.
 
     For tricks A, B and non-default options a, b, a quadruple is the four results
@@ -284,9 +285,12 @@ def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
     Returns:
         One row per (A, a, B, b) with :data:`INTERACTION_COLUMNS`, A before B in study order;
         empty with fewer than two tricks. The interval is a Student-t one over the quadruples,
-        at 95% for each interaction alone (these are descriptions, not calls).
+        at 95% for each interaction alone (these are descriptions, not calls). With
+        ``from_model`` (a fraction that keeps two-way interactions clear of each other), those
+        without quadruples get the model's estimate (:func:`_modelled_interactions`).
     """
     table = cells(runs, factors)
+    modelled = _modelled_interactions(table, factors, defaults) if from_model else {}
     rows = []
     for trick_a, trick_b in itertools.combinations(factors, 2):
         keys = [other for other in factors if other not in (trick_a, trick_b)] + ["seed"]
@@ -300,6 +304,57 @@ def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
                     corners.append(table[mask].set_index(keys)["test_acc"])
                 quads = pd.concat(corners, axis=1, join="inner").dropna()
                 contrast = quads.iloc[:, 0] - quads.iloc[:, 1] - quads.iloc[:, 2] + quads.iloc[:, 3]
-                mean, low, high, n = stats.mean_ci95(contrast.to_numpy())
-                rows.append((trick_a, option_a, trick_b, option_b, mean, low, high, n))
+                found = stats.mean_ci95(contrast.to_numpy())
+                if found[3] == 0:  # no quadruples (a fraction): the model of the design, if any
+                    found = modelled.get((trick_a, option_a, trick_b, option_b), found)
+                rows.append((trick_a, option_a, trick_b, option_b, *found))
     return pd.DataFrame(rows, columns=list(INTERACTION_COLUMNS))
+
+
+def _modelled_interactions(table: pd.DataFrame, factors: Factors,
+                           defaults: Mapping[str, str]) -> dict[tuple[str, str, str, str],
+                                                                tuple[float, float, float, int]]:
+    """Return each two-way interaction the design can tell apart, from a model of its configs.
+
+    A fraction has no quadruple of cells that differ in two tricks only. Its config means are
+    fit by least squares on an intercept, a centred indicator per non-default option, and the
+    products of two indicators of different tricks that add rank (in study order): a product's
+    coefficient is the quadruple contrast of :func:`interactions`. The error is the residual of
+    the config means; without residual degrees of freedom the interval is NaN. An interaction
+    aliased with an earlier one (resolution IV) is left out: the design cannot tell them apart.
+
+    Returns:
+        (trick_a, option_a, trick_b, option_b) → (mean, ci95_low, ci95_high, configs used).
+    """
+    measured = table.dropna(subset=["test_acc"])
+    if measured.empty:
+        return {}
+    means = measured.groupby(list(factors), observed=True)["test_acc"].mean().reset_index()
+    y = means["test_acc"].to_numpy(dtype=float)
+    mains = [(trick, option, (means[trick] == option).to_numpy(float))
+             for trick in factors for option in factors[trick] if option != defaults[trick]]
+    columns = [np.ones(len(y))] + [x - x.mean() for _, _, x in mains]
+    if np.linalg.matrix_rank(np.column_stack(columns)) < len(columns):
+        return {}  # main effects aliased with each other: no model to read interactions from
+    names = []
+    for (trick_a, option_a, a), (trick_b, option_b, b) in itertools.combinations(mains, 2):
+        if trick_a == trick_b:
+            continue
+        product = (a - a.mean()) * (b - b.mean())
+        if np.linalg.matrix_rank(np.column_stack([*columns, product])) > len(columns):
+            columns.append(product)
+            names.append((trick_a, option_a, trick_b, option_b))
+    design = np.column_stack(columns)
+    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
+    df = len(y) - design.shape[1]
+    first = design.shape[1] - len(names)
+    out = {}
+    for index, name in enumerate(names, start=first):
+        mean, low, high = float(coefficients[index]), math.nan, math.nan
+        if df >= 1:
+            residual = y - design @ coefficients
+            variance = float(residual @ residual) / df
+            se = math.sqrt(variance * float(np.linalg.pinv(design.T @ design)[index, index]))
+            low, high = stats.t_interval(mean, se, df)
+        out[name] = (mean, low, high, len(y))
+    return out

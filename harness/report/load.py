@@ -20,6 +20,7 @@ from harness.errors import UserError, unknown_choice
 from harness.report.examples import ExampleResults
 from harness.report.tables import Factors, option_text
 from harness.run_metrics import Artifact, Metric, Param
+from harness.study.designs import from_record
 from harness.tracking import Tag
 
 IMPORTANCE_COLUMNS = ("param", "importance")
@@ -74,7 +75,7 @@ def _parent_meta(
         "n_parents": len(parents),
         "factors": factors,
         "defaults": {trick: defaults[trick] for trick in factors},
-        "kind": tags.get(Tag.KIND, "grid"),
+        "design": from_record(tags.get(Tag.DESIGN), tags.get(Tag.KIND), configs is not None),
         "optuna_storage": tags.get(Tag.OPTUNA_STORAGE),
         "optuna_study_name": tags.get(Tag.OPTUNA_STUDY),
     }

@@ -50,7 +50,7 @@ def _degenerate_sentence(verdict: Verdict) -> str | None:
         running = f", {verdict.n_running} still running" if verdict.n_running else ""
         return (f"No trial has a result yet: {verdict.n_excluded} crashed, were pruned or "
                 f"interrupted{running}.")
-    if verdict.kind == "optuna":
+    if verdict.searched:
         best = verdict.best_trial
         if best is None:
             return f"An Optuna search of {verdict.n_results} trials; none logged val_acc."
@@ -110,7 +110,7 @@ def calls_line(verdict: Verdict) -> str:
 
 def guidance(verdict: Verdict) -> list[str]:
     """Return what the numbers cannot say yet: undetermined options and how to settle them."""
-    if verdict.n_configs < 2 or verdict.kind != "grid":
+    if verdict.n_configs < 2 or verdict.searched:
         return []
     lines = [calls_line(verdict)]
     if len(verdict.seeds) == 1:
@@ -209,7 +209,7 @@ def format_verdict(verdict: Verdict) -> str:
         the guidance, and what is missing, excluded or still running.
     """
     lines = []
-    if verdict.n_results and verdict.kind == "grid" and verdict.n_configs > 1:
+    if verdict.n_results and not verdict.searched and verdict.n_configs > 1:
         lines.append(
             f"Baseline (all defaults): {_number(verdict.baseline_acc)}% test accuracy in "
             f"{_number(verdict.baseline_seconds)} s; best config: {_number(verdict.best_acc)}% in "
@@ -221,6 +221,8 @@ def format_verdict(verdict: Verdict) -> str:
             for cells in [_VERDICT_HEADER, *body]:
                 text = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths))
                 lines.append(text.rstrip())
+    lines += [f"{'Design:' if i == 0 else '       '} {line}"
+              for i, line in enumerate(verdict.design_lines)]
     lines.append(verdict_sentence(verdict))
     lines += guidance(verdict)
     if verdict.missing and verdict.n_results:
@@ -279,6 +281,7 @@ def verdict_markdown(verdict: Verdict, configs: pd.DataFrame) -> str:
         f"- Seeds: {', '.join(str(s) for s in verdict.seeds) or 'none'}; margin "
         f"±{verdict.margin:g} points",
     ]
+    facts += [f"- Design: {line}" for line in verdict.design_lines]
     facts += [f"- {line}" for line in guidance(verdict)]
     if verdict.missing:
         facts.append(f"- Missing: {_missing_text(verdict.missing)}")

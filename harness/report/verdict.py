@@ -116,7 +116,8 @@ class Verdict:
     n_results: int = 0
     n_configs: int = 0
     seeds: list[int] = field(default_factory=list)
-    kind: str = "grid"
+    searched: bool = False  # an Optuna search: its best trial instead of a trick set
+    design_lines: list[str] = field(default_factory=list)  # what the design is and aliases
     plan: SettlePlan = field(default_factory=SettlePlan)
     margin: float = stats.MARGIN
     alpha: float = stats.ALPHA
@@ -251,7 +252,7 @@ def pareto_verdict(
     defaults: Mapping[str, str],
     share: float = 0.8,
     planned: Sequence[Mapping[str, str]] | None = None,
-    kind: str = "grid",
+    searched: bool = False,
     images: float = math.nan,
     draws: int = STABILITY_DRAWS,
     examples: ExampleResults | None = None,
@@ -273,7 +274,7 @@ def pareto_verdict(
         defaults: Trick → its neutral option; all defaults is the baseline config.
         share: The fraction of the total gain the chosen set must reach, 0.8 for the 80/20 rule.
         planned: The study's configs when it is not a full factorial (see missing_configs).
-        kind: ``grid`` or ``optuna`` (a search: its best trial is reported instead of a set).
+        searched: The study is a search: its best trial is reported instead of a set.
         images: Test-set size for runs that did not log it.
         draws: Simulated reruns for ``p_in_set`` (0 skips it).
         examples: The runs' per-example results (None: the bound for the test set's share).
@@ -298,7 +299,7 @@ def pareto_verdict(
         best_acc, best_seconds = float(best["test_acc_mean"]), float(best["train_seconds_mean"])
         best_config = {trick: str(best[trick]) for trick in factors}
 
-    helping = _best_per_trick(effects) if kind == "grid" else effects.iloc[0:0]
+    helping = _best_per_trick(effects) if not searched else effects.iloc[0:0]
     rows = []
     toggles = dict(baseline_toggles)
     summed_effect, summed_seconds = 0.0, 0.0
@@ -330,7 +331,7 @@ def pareto_verdict(
     table = pd.concat([ranked, rest[["trick", "option"]]], ignore_index=True)
     for name in ("call", "effect_mean", "ci_low", "ci_high", "p_adjusted"):
         table[name] = [keyed.loc[(t, o), name] for t, o in zip(table["trick"], table["option"])]
-    probability = stability(tests, share, alpha, draws) if draws and kind == "grid" else {}
+    probability = stability(tests, share, alpha, draws) if draws and not searched else {}
     table["p_in_set"] = [probability.get((t, o), math.nan)
                          for t, o in zip(table["trick"], table["option"])]
     table.insert(0, "rank", range(1, len(table) + 1))
@@ -363,9 +364,9 @@ def pareto_verdict(
         n_results=len(results),
         n_configs=len(configs),
         seeds=seeds,
-        kind=kind,
+        searched=searched,
         plan=plan,
         margin=margin,
         alpha=alpha,
-        best_trial=_best_trial(runs, factors) if kind == "optuna" else None,
+        best_trial=_best_trial(runs, factors) if searched else None,
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.recipe import Recipe
+from harness.study.designs import Design
 from harness.study.identity import computed_content, trial_identity
 from harness.study.spec import SearchRange
 from harness.tricks import TRICKS, apply_toggles
@@ -46,13 +47,12 @@ class Plan:
 
     study: str  # the study file's name
     description: str
-    kind: str  # grid | optuna
+    design: Design
     budget: str  # smoke | cpu | full
     recipe: Recipe  # the base recipe, before any toggle
     factors: dict[str, list[str]]  # trick → options crossed (grid) or searched (optuna)
     fixed: dict[str, str]  # toggles that hold in every trial
-    configs: tuple[dict[str, str], ...]  # every grid config, fixed toggles included
-    listed_configs: bool  # the study file lists its configs rather than crossing its factors
+    configs: tuple[dict[str, str], ...]  # every queued config, fixed toggles included
     seeds: tuple[int, ...]
     n_trials: int | None  # optuna studies only
     objective: str
@@ -86,14 +86,10 @@ class Plan:
     @property
     def total_trials(self) -> int:
         """Trials a complete study holds: every config × seed, or ``n_trials``."""
-        if self.kind == "grid":
-            return len(self.configs) * len(self.seeds)
-        return int(self.n_trials or 0)
+        return self.design.total_trials(self)
 
     def cells(self) -> list[Cell]:
-        """Every (config, seed) of a grid, in study order; empty for a search."""
-        if self.kind != "grid":
-            return []
+        """Every queued (config, seed), in study order; empty for a search."""
         return [Cell(dict(config), seed) for config in self.configs for seed in self.seeds]
 
     def labels(self) -> dict[str, dict[str, str]]:
@@ -131,7 +127,8 @@ class Plan:
     def study_config(self) -> dict[str, Any]:
         """Return the whole study as one JSON-able mapping, logged to the parent run."""
         return {
-            "study": self.study, "description": self.description, "kind": self.kind,
+            "study": self.study, "description": self.description,
+            "kind": self.design.study_kind, "design": self.design.record(),
             "budget": self.budget, "seeds": list(self.seeds), "factors": self.factors,
             "fixed": self.fixed, "configs": list(self.configs), "n_trials": self.n_trials,
             "objective": self.objective, "base_recipe": self.recipe.to_dict(),
@@ -178,11 +175,13 @@ def study_key(plan: Plan) -> str:
     study of its own, so it trains every trial again and resumes like any other.
     """
     content = {
-        "study": plan.study, "budget": plan.budget, "kind": plan.kind,
+        "study": plan.study, "budget": plan.budget, "kind": plan.design.study_kind,
         "recipe": plan.recipe.to_dict(), "configs": list(plan.configs),
         "seeds": list(plan.seeds), "factors": plan.factors, "fixed": plan.fixed,
         "search": {k: dataclasses.asdict(v) for k, v in plan.search.items()},
     }
+    if plan.design.settings:  # only designs with settings, so older studies keep their keys
+        content["design"] = plan.design.record()
     if plan.rerun:  # only when set, so the keys of studies begun before it existed still hold
         content["rerun"] = True
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]

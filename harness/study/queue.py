@@ -146,7 +146,7 @@ def spends(trial: FrozenTrial) -> bool:
 class QueueState:
     """How far a study is: results, trials running now, trials waiting, trials spent."""
 
-    kind: str
+    queued: bool  # the design queues every cell up front (else a sampler suggests trials)
     done: int
     running: int
     waiting: int
@@ -156,7 +156,7 @@ class QueueState:
     @property
     def drained(self) -> bool:
         """Nothing is left to claim and nothing runs: a worker may stop."""
-        left = self.waiting if self.kind == "grid" else self.total - self.spent
+        left = self.waiting if self.queued else self.total - self.spent
         return self.running == 0 and left <= 0
 
 
@@ -196,13 +196,13 @@ class TrialQueue:
     def state(self) -> QueueState:
         """Return how far the study is."""
         trials = self.trials()
-        return QueueState(self.plan.kind, self._done(trials),
+        return QueueState(self.plan.design.queued, self._done(trials),
                           sum(t.state == TrialState.RUNNING for t in trials),
                           sum(t.state == TrialState.WAITING for t in trials),
                           sum(map(spends, trials)), self.plan.total_trials)
 
     def _done(self, trials: list[FrozenTrial]) -> int:
-        if self.plan.kind == "grid":  # one result per cell, whatever an old store holds
+        if self.plan.design.queued:  # one result per cell, whatever an old store holds
             return len({key_of(t) for t in trials if is_result(t)})
         return sum(map(is_result, trials))
 
@@ -234,7 +234,7 @@ class TrialQueue:
         trials = self.trials()
         covered = {key_of(t) for t in trials if covers(t, at_start)}
         failed = {key_of(t): t for t in trials if t.state == TrialState.FAIL}
-        if self.plan.kind == "grid":
+        if self.plan.design.queued:
             wanted = {cell.key: cell.params for cell in self.plan.cells()}
         else:
             wanted = {key: dict(t.params) for key, t in failed.items() if key and t.params}
@@ -259,7 +259,7 @@ class TrialQueue:
         """
         while True:
             trials = self.trials()
-            if self.plan.kind == "grid":
+            if self.plan.design.queued:
                 if not any(t.state == TrialState.WAITING for t in trials):
                     return None
             elif sum(map(spends, trials)) >= self.plan.total_trials:

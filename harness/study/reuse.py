@@ -60,7 +60,7 @@ def adopt_finished(plan: Plan, study: optuna.Study, tracker: Tracker, experiment
     Returns:
         How many cells were adopted now.
     """
-    if plan.kind != "grid" or plan.rerun:
+    if not plan.design.queued or plan.rerun:
         return 0
     have = {key_of(t) for t in study.get_trials(deepcopy=False) if covers(t, at_start=True)}
     identities = {key: identity for key, identity in plan.cell_identities().items()

@@ -100,21 +100,13 @@ class StudyOutcome:
 
 
 def make_sampler(plan: Plan) -> optuna.samplers.BaseSampler:
-    """Return the sampler of a study: a grid never samples, a search uses TPE.
-
-    Every grid trial is enqueued with its params fixed, so its sampler is never asked; a
-    parallel search lies about running trials (``constant_liar``) so workers spread out.
-    """
-    if plan.kind == "grid":
-        return optuna.samplers.RandomSampler(seed=plan.seeds[0])
-    return optuna.samplers.TPESampler(seed=plan.seeds[0], constant_liar=True)
+    """Return the study's sampler, as its design says."""
+    return plan.design.sampler(plan)
 
 
 def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
-    """MedianPruner on the per-epoch objective for searches that ask for it; none otherwise."""
-    if plan.kind == "optuna" and plan.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
+    """Return the study's pruner, as its design says."""
+    return plan.design.pruner(plan)
 
 
 class StudySession:
@@ -180,7 +172,7 @@ def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = pri
     with session.lock:
         parent = tracker.parent_run(
             session.experiment_id, plan.key, plan.name, tags=_parent_tags(plan, session, data),
-            params={"study": plan.study, "budget": plan.budget, "kind": plan.kind,
+            params={"study": plan.study, "budget": plan.budget, "kind": plan.design.study_kind,
                     "seeds": list(plan.seeds), "configs": len(plan.configs) or plan.n_trials},
         )
         queue = session.queue(Owner.here())
@@ -205,10 +197,11 @@ def _parent_tags(plan: Plan, session: StudySession, data: PreparedData) -> dict[
     defaults = {name: TRICKS.get(name).default for name in plan.factors}
     return {
         Tag.STUDY: plan.study, Tag.BUDGET: plan.budget,
-        Tag.KIND: plan.kind, Tag.FACTORS: json.dumps(plan.factors),
+        Tag.KIND: plan.design.study_kind, Tag.DESIGN: json.dumps(plan.design.record()),
+        Tag.FACTORS: json.dumps(plan.factors),
         Tag.DEFAULTS: json.dumps(defaults), Tag.FIXED: json.dumps(plan.fixed),
         **({Tag.CONFIGS: json.dumps([{k: c[k] for k in plan.factors} for c in plan.configs])}
-           if plan.listed_configs else {}),
+           if plan.design.records_configs else {}),
         Tag.OPTUNA_STORAGE: session.storage_url,
         Tag.OPTUNA_STUDY: plan.optuna_study_name,
         Tag.DEVICE: device_name(resolve_device(plan.device)), Tag.DATASET_DIGEST: data.digest,
@@ -340,18 +333,7 @@ class Worker:
                           f"{Tag.REPLACED_BY}; reports count this run instead)")
 
     def _suggest(self, trial: optuna.Trial) -> tuple[dict[str, str], int, dict[str, float]]:
-        plan = self.plan
-        numeric: dict[str, float] = {}
-        if plan.kind == "grid":
-            label = trial.suggest_categorical("config", list(self.labels))
-            seed = trial.suggest_categorical("seed", list(plan.seeds))
-            return dict(self.labels[label]), int(seed), numeric
-        toggles = dict(plan.fixed)
-        for name, options in plan.factors.items():
-            toggles[name] = trial.suggest_categorical(name, options)
-        for key, span in plan.search.items():
-            numeric[key] = trial.suggest_float(key, span.low, span.high, log=span.log)
-        return toggles, plan.seeds[trial.number % len(plan.seeds)], numeric
+        return self.plan.design.suggest(trial, self.plan, self.labels)
 
     def _start_run(self, trial: optuna.Trial, recipe: Recipe, toggles: dict[str, str],
                    seed: int, numeric: dict[str, float], data: PreparedData,
@@ -387,7 +369,7 @@ class Worker:
                 "epoch": epoch, "epochs": epochs,
                 "images_per_sec": round(metrics.get("images_per_sec", 0.0), 1)})
             value = metrics.get(plan.objective)
-            if plan.kind == "optuna" and value is not None:
+            if plan.design.searches and value is not None:
                 trial.report(value, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"{plan.objective} {value:.2f} at epoch "

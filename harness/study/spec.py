@@ -1,23 +1,27 @@
-"""Study files (``studies/NAME.yaml``): a base recipe, factors, seeds, a kind and budgets.
+"""Study files (``studies/NAME.yaml``): a base recipe, factors, seeds, a design and budgets.
 
-A study file has these keys (only ``kind`` and one of ``factors``/``configs`` are required)::
+A study file has these keys (only one of ``factors``/``configs`` is required)::
 
     description: one line
-    kind: grid | optuna
+    design: grid | listed | fractional | search            # default: listed with configs, else grid
+    resolution: 5                                          # fractional only
     factors: {trick: [options, neutral default first]}     # crossed in full by a grid
-    configs: [{trick: option, ...}, ...]                   # or: just these configs
+    configs: [{trick: option, ...}, ...]                   # or: just these configs (listed)
     seeds: [0]
     objective: val_acc                                     # maximised; never a test metric
-    n_trials: 20                                           # optuna only
-    pruner: median | none                                  # optuna only
-    search: {optimizer.lr_factor: {low: 0.3, high: 3, log: true}}   # optuna only
+    n_trials: 20                                           # search only
+    pruner: median | none                                  # search only
+    search: {optimizer.lr_factor: {low: 0.3, high: 3, log: true}}   # search only
+
+The older ``kind: grid | optuna`` still works: ``grid`` is a grid (listed when the file lists
+configs) and ``optuna`` a search.
     recipe: {section: {key: value}}                        # the base recipe
     budgets: {smoke|cpu|full: {recipe: {...}, seeds: [...], n_trials: N}}
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,11 +32,13 @@ import yaml
 
 from harness.checks import check_path_names
 from harness.errors import UserError, unknown_choice
+from harness.study.designs import DESIGNS, Design, design_from
 from harness.tricks import TRICKS, load_tricks
 
 STUDIES_DIR = Path(os.environ.get("HARNESS_STUDIES_DIR", Path(__file__).resolve().parents[2]
                                   / "studies"))
-KINDS = ("grid", "optuna")
+KINDS = {"grid": "grid", "optuna": "search"}
+"""The older ``kind:`` key's values → the design they name."""
 PRUNERS = ("median", "none")
 OBJECTIVES = ("val_acc", "val_loss")
 
@@ -43,8 +49,8 @@ SMOKE_RECIPE: dict[str, Any] = {
     "trainer": {"epochs": 1, "batch_size": 64, "eval_batch_size": 256},
 }
 
-_KEYS = ("description", "kind", "factors", "configs", "seeds", "objective", "n_trials", "pruner",
-         "search", "recipe", "budgets")
+_KEYS = ("description", "design", "resolution", "kind", "factors", "configs", "seeds",
+         "objective", "n_trials", "pruner", "search", "recipe", "budgets")
 _BUDGET_KEYS = ("recipe", "seeds", "n_trials")
 
 
@@ -62,7 +68,7 @@ class StudySpec:
     """A parsed, checked study file."""
 
     name: str
-    kind: str
+    design: Design
     factors: dict[str, list[str]]
     configs: list[dict[str, str]] | None = None
     description: str = ""
@@ -113,18 +119,23 @@ class StudySpec:
                     configs = [c for c in configs if c.get(name, default) == option]
             else:
                 fixed[name] = option
-        if self.kind == "optuna":
-            return factors, [], fixed
-        if configs is None:
-            names = list(factors)
-            configs = [dict(zip(names, combo)) for combo in
-                       itertools.product(*(factors[n] for n in names))]
-        else:
+        if configs is not None:
             configs = [{n: c.get(n, TRICKS.get(n).default) for n in factors} for c in configs]
-        if not configs:
+        configs = self.design.configs(factors, configs)
+        if not configs and self.design.queued:
             wanted = ", ".join(f"{k}={v}" for k, v in trick_overrides.items())
             raise UserError(f"no config of study '{self.name}' has {wanted}")
         return factors, [{**fixed, **c} for c in configs], fixed
+
+    def with_design(self, name: str | None, values: Mapping[str, Any]) -> StudySpec:
+        """Return the study with the command line's ``design=`` and its settings applied."""
+        if name is None and not values:
+            return self
+        name = self.design.name if name is None else name
+        kept = {k: v for k, v in self.design.record().items()
+                if k != "name" and name == self.design.name}
+        return dataclasses.replace(
+            self, design=design_from(name, {**kept, **values}, "the command line"))
 
 
 def list_studies() -> list[str]:
@@ -155,7 +166,7 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
     load_tricks()
     where = f"study '{name}'"
     if not isinstance(raw, Mapping):
-        raise UserError(f"{where}: a study file is a mapping of keys (kind, factors, recipe, "
+        raise UserError(f"{where}: a study file is a mapping of keys (design, factors, recipe, "
                         f"...), got {type(raw).__name__}")
     for key in ("factors", "search", "budgets", "recipe"):
         if not isinstance(raw.get(key) or {}, Mapping):
@@ -167,9 +178,6 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
     for key in raw:
         if key not in _KEYS:
             raise unknown_choice(f"key in {where}", key, _KEYS)
-    kind = raw.get("kind", "grid")
-    if kind not in KINDS:
-        raise unknown_choice(f"kind in {where}", kind, KINDS)
     factors = {}
     for trick_name, options in (raw.get("factors") or {}).items():
         trick = TRICKS.get(trick_name)
@@ -190,8 +198,9 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
             options = {c.get(trick_name, TRICKS.get(trick_name).default) for c in configs}
             ordered = [o for o in TRICKS.get(trick_name).options if o in options]
             factors[trick_name] = ordered
-    if not factors and kind == "grid":
-        raise UserError(f"{where}: a grid needs factors or configs")
+    design = _design(raw, configs is not None, where)
+    if not factors and design.queued:
+        raise UserError(f"{where}: design {design.name} needs factors or configs")
     objective = raw.get("objective", "val_acc")
     if objective not in OBJECTIVES:
         raise unknown_choice(f"objective in {where}", objective, OBJECTIVES)
@@ -217,12 +226,29 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
             if key not in _BUDGET_KEYS:
                 raise unknown_choice(f"key in {where} budgets.{budget}", key, _BUDGET_KEYS)
     return StudySpec(
-        name=name, kind=kind, factors=factors, configs=configs,
+        name=name, design=design, factors=factors, configs=configs,
         description=str(raw.get("description", "")), seeds=list(raw.get("seeds", [0])),
         objective=objective, n_trials=raw.get("n_trials"), pruner=pruner, search=search,
         recipe=dict(raw.get("recipe") or {}),
         budgets={k: dict(v or {}) for k, v in budgets.items()}, path=path,
     )
+
+
+def _design(raw: Mapping[str, Any], lists_configs: bool, where: str) -> Design:
+    """Return the study file's design: ``design:``, else the older ``kind:``, else the default."""
+    if "design" in raw and "kind" in raw:
+        raise UserError(f"{where}: give design: or the older kind:, not both")
+    if "kind" in raw:
+        kind = raw["kind"]
+        if kind not in KINDS:
+            raise unknown_choice(f"kind in {where}", kind, KINDS)
+        name = "listed" if KINDS[kind] == "grid" and lists_configs else KINDS[kind]
+    else:
+        name = raw.get("design", "listed" if lists_configs else "grid")
+    if not isinstance(name, str) or name not in DESIGNS:
+        raise unknown_choice(f"design in {where}", name, DESIGNS)
+    values = {"resolution": raw["resolution"]} if "resolution" in raw else {}
+    return design_from(name, values, where)
 
 
 def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
