@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one call, for a session that is lent a GPU machine (README: "A GPU check").
+# The GPU check in one call, for a session that is lent a GPU machine (docs/gpu.md: "A GPU check").
 # Installs what that bare machine lacks, unpacks CIFAR-10 and runs benchmarks/gpu_check.py,
 # whose every step has its own timeout; all of it ends inside 9 minutes. Writes $OUT/gpu_check.json
 # (rewritten after each step, so a timeout still leaves what was measured) and $OUT/gpu_check.log.
