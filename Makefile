@@ -11,14 +11,21 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 SHARED_DATA := ../shared/data/cifar10-jpeg.tar.gz
 ARGS ?=
 PORT ?= 5000
+# make dashboard listens on 8080 unless PORT is given (on the command line or in the environment),
+# so it can run beside make ui.
+DASHBOARD_PORT = $(if $(filter file,$(origin PORT)),8080,$(PORT))
+STORAGE ?=
 
-.PHONY: run test lint data ui benchmark export services services-stop clean help
+.PHONY: run test lint data ui dashboard benchmark export results services services-stop clean help
 
 help:
 	@echo "make run [ARGS='study=tricks budget=cpu ...']   run a study (default: the tricks grid)"
 	@echo "make test                                      lint and run the test suite"
 	@echo "make ui [PORT=5000]                            MLflow UI on 127.0.0.1 over mlruns/"
+	@echo "make dashboard [STORAGE=... PORT=8080]         optuna-dashboard on 127.0.0.1 over a study's trials"
+	@echo "                                               (default: the tricks journal; ARGS='study=NAME')"
 	@echo "make export [ARGS='study=tricks']              write the ablation CSVs"
+	@echo "make results [ARGS='study=tricks']             list the studies; a study's verdict again"
 	@echo "make benchmark [ARGS=--quick]                  training throughput, side by side"
 	@echo "make services                                  local PostgreSQL + MLflow server for many workers"
 	@echo "make services-stop                             stop them"
@@ -26,7 +33,7 @@ help:
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ui,slurm,postgres]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ui,slurm,postgres,dashboard]"
 	@touch $(STAMP)
 
 # Unpack the offline CIFAR-10 copy into ./data (the default data.root) when it sits beside us.
@@ -47,6 +54,9 @@ run: $(STAMP) data
 export: $(STAMP)
 	$(PY) -m harness.export $(ARGS)
 
+results: $(STAMP)
+	$(PY) -m harness.results $(ARGS)
+
 test: $(STAMP) lint data
 	$(PY) -m pytest $(ARGS)
 
@@ -57,6 +67,13 @@ ui: $(STAMP)
 	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning"
 	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db \
 		--host 127.0.0.1 --port $(PORT) --workers 1
+
+# optuna-dashboard for search studies and for watching a queue drain: the study's storage as
+# harness.run resolves it (STORAGE= or ARGS='storage=...', else ARGS='study=NAME' picks that
+# study's default journal), bound to 127.0.0.1.
+dashboard: $(STAMP)
+	$(PY) -m harness.dashboard $(if $(findstring port=,$(ARGS)),,port=$(DASHBOARD_PORT)) \
+		$(if $(STORAGE),'storage=$(STORAGE)') $(ARGS)
 
 benchmark: $(STAMP) data
 	$(PY) benchmarks/throughput.py $(ARGS)
