@@ -3,8 +3,14 @@
 Usage: .venv/bin/python docs/take_screenshots.py [EXPERIMENT]
 (default: tricks-cpu, the experiment `make run` fills).
 Needs Debian's chromium and the playwright package, like tests/test_ui_browser.py.
+
+Writes docs/mlflow-runs.png, docs/mlflow-compare.png and docs/report-html.png: the parent run's
+report/report.html, or, for a parent logged before report.html existed, one built from the
+store into a temporary folder (nothing is logged).
 """
 import sys
+import tempfile
+import urllib.error
 from pathlib import Path
 
 import mlflow
@@ -12,7 +18,21 @@ from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the UI helpers live with the browser test
+from harness.report import build_report  # noqa: E402
 from tests import ui_helpers as ui  # noqa: E402
+
+
+def report_html(base: str, db: Path, parent: mlflow.entities.Run) -> str:
+    """Return the parent's report.html as the server serves it, else one built from the store."""
+    try:
+        return ui.fetch_artifact(base, parent.info.run_id, "report/report.html").decode("utf-8")
+    except urllib.error.HTTPError:
+        tags = parent.data.tags
+        with tempfile.TemporaryDirectory() as folder:
+            built = build_report(f"sqlite:///{db}", tags["harness.study"], tags["harness.budget"],
+                                 folder, parent_run_id=parent.info.run_id)
+            return built.paths["html"].read_text(encoding="utf-8")
+
 
 db = REPO / "mlruns" / "mlflow.db"
 name = sys.argv[1] if len(sys.argv) > 1 else "tricks-cpu"
@@ -49,6 +69,9 @@ try:
         page.locator("text.axis-title").filter(has_text="test_acc").first.wait_for()
         page.wait_for_timeout(1500)
         page.screenshot(path=str(REPO / "docs" / "mlflow-compare.png"))
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        page.set_content(report_html(base, db, parent), wait_until="load")
+        page.screenshot(path=str(REPO / "docs" / "report-html.png"), full_page=True)
         browser.close()
 finally:
     ui.stop_process_group(proc)

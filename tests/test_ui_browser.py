@@ -2,16 +2,19 @@
 
 One smoke study of the tricks grid (restricted to depth=resnet18: 8 configs) is run in-process
 into a temporary store; ``mlflow server`` serves it; Playwright drives the system Chromium over
-the runs table, the compare page and the parent run's artifacts.
+the runs table, the compare page, the parent run's artifacts and its report.html (fetched from
+the server and opened as it is, and in MLflow's own artifact preview).
 
 Screenshots go to a temporary folder; with ``UPDATE_SCREENSHOTS=1`` they replace
-``docs/mlflow-runs.png``, ``docs/mlflow-compare.png`` and ``docs/mlflow-report.png``.
-Skips with a reason without Chromium or Playwright.
+``docs/mlflow-runs.png``, ``docs/mlflow-compare.png``, ``docs/mlflow-report.png`` and
+``docs/report-html.png``. Skips with a reason without Chromium or Playwright.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,8 @@ STUDY = "tricks"
 BUDGET = "smoke"
 EXPERIMENT = f"{STUDY}-{BUDGET}"
 TOGGLES = ("stem", "init", "optimizer", "depth")
-REPORT_FILES = ("configs.csv", "effects.csv", "verdict.md")
+REPORT_FILES = ("configs.csv", "effects.csv", "verdict.md", "pareto.png", "cost_vs_accuracy.png",
+                "report.html")
 FIGURES = ("confusion_matrix.png", "per_class_accuracy.png", "test_predictions.png")
 SERVER_TIMEOUT_S = 90
 
@@ -218,3 +222,93 @@ def test_trial_figures_are_served_without_extra_server_flags(
     image = page.locator('img[src^="blob:"]').first  # the preview fetches, then shows a blob
     image.wait_for()
     assert image.evaluate("(img) => img.decode().then(() => img.naturalWidth)") > 0
+
+
+# ---- report.html ----------------------------------------------------------------------------
+
+def _verdict_sentence(server: str, study: Study) -> str:
+    """The verdict sentence as verdict.md has it (its one bold line), to compare the page with."""
+    text = ui.fetch_artifact(server, study.parent.info.run_id, "report/verdict.md").decode()
+    return next(line.strip("*") for line in text.splitlines()
+                if line.startswith("**") and line.endswith("**"))
+
+
+def _assert_figures_loaded(where: Any) -> None:
+    """Every image of ``where`` (a page or frame) is an embedded PNG that decoded to pixels."""
+    images = where.locator("img")
+    assert images.count() == 2, f"expected the two figures, found {images.count()} images"
+    for index in range(images.count()):
+        image = images.nth(index)
+        assert image.get_attribute("src").startswith("data:image/png;base64,")
+        width = image.evaluate("(img) => img.decode().then(() => img.naturalWidth)")
+        assert width > 0, f"figure {index} did not load"
+
+
+def _expected_provenance(study: Study) -> dict[str, str]:
+    """What the page must show per provenance tag: every value the study's runs recorded."""
+    from harness.report.html import NOT_RECORDED, PROVENANCE_TAGS
+
+    runs = [study.parent, *study.children]
+    expected = {}
+    for label, tag in PROVENANCE_TAGS:
+        values = sorted({run.data.tags[tag] for run in runs if run.data.tags.get(tag)})
+        expected[label] = ", ".join(values) or NOT_RECORDED
+    return expected
+
+
+def test_report_html_shows_the_verdict_the_calls_and_every_figure(
+        page: Any, server: str, study: Study, shots: Path) -> None:
+    run_id = study.parent.info.run_id
+    document = ui.fetch_artifact(server, run_id, "report/report.html").decode("utf-8")
+    assert "http://" not in document and "https://" not in document
+    page.set_content(document, wait_until="load")
+    assert page.locator("#verdict").inner_text().strip() == _verdict_sentence(server, study)
+    _assert_figures_loaded(page)
+
+    calls = json.loads(study.parent.data.tags["harness.calls"])  # logged with the report
+    rows = page.locator("table.options tbody tr").evaluate_all(
+        """(rows) => rows.map((row) => [row.cells[1].innerText + "=" + row.cells[2].innerText,
+            row.dataset.call, row.className, getComputedStyle(row.cells[0]).backgroundColor])""")
+    assert {key: call for key, call, _, _ in rows} == calls
+    colours: dict[str, set[str]] = {}
+    for key, call, css, colour in rows:
+        assert css == f"call-{call}", f"{key}: row class {css!r}, call {call}"
+        colours.setdefault(call, set()).add(colour)
+    assert all(len(shades) == 1 for shades in colours.values()), colours
+    assert len({next(iter(shades)) for shades in colours.values()}) == len(colours)
+
+    terms = page.locator("dl.provenance dt").all_inner_texts()
+    values = dict(zip(terms, page.locator("dl.provenance dd").all_inner_texts()))
+    for label, expected in _expected_provenance(study).items():
+        assert values[label] == expected, f"provenance {label}"
+    assert values["budget"] == BUDGET
+    command = values["command"]
+    assert command.startswith(f"python -m harness.run study={STUDY} budget={BUDGET}"), command
+    assert "depth=resnet18" in command and "seeds=[" in command
+    page.screenshot(path=str(shots / "report-html.png"), full_page=True)
+
+    # Clicking a header twice sorts the configs by it, largest first.
+    headers = page.locator("table.configs thead th")
+    column = headers.all_inner_texts().index("test_acc_mean")
+    for _ in range(2):
+        headers.nth(column).click()
+    assert headers.nth(column).get_attribute("aria-sort") == "descending"
+    shown = page.locator("table.configs tbody tr").evaluate_all(
+        f"(rows) => rows.map((row) => Number(row.cells[{column}].dataset.value))")
+    assert len(shown) == 8 and shown == sorted(shown, reverse=True)
+
+
+def test_report_html_renders_in_mlflow_s_artifact_view(
+        page: Any, server: str, study: Study) -> None:
+    page.goto(ui.run_artifacts_url(server, study.experiment_id, study.parent.info.run_id))
+    ui.close_assistant(page)
+    folder = page.get_by_text("report", exact=True).first
+    folder.wait_for()
+    folder.click()
+    page.get_by_text("report.html", exact=True).first.click()
+    frame = page.frame_locator("iframe.mlflow-html-iframe")  # a sandboxed blob: iframe
+    verdict = frame.locator("#verdict")
+    verdict.wait_for()
+    assert verdict.inner_text().strip() == _verdict_sentence(server, study)
+    _assert_figures_loaded(frame)
+    assert frame.locator("h2").filter(has_text=re.compile("^Provenance$")).count() == 1

@@ -161,6 +161,18 @@ def run_artifacts_url(base: str, experiment_id: str, run_id: str) -> str:
             f"?workflowType=machine_learning")
 
 
+def artifact_url(base: str, run_id: str, path: str) -> str:
+    """The server's download endpoint of one artifact of a run (sent as an attachment)."""
+    query = urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+    return f"{base}/get-artifact?{query}"
+
+
+def fetch_artifact(base: str, run_id: str, path: str) -> bytes:
+    """Return the bytes of a run's artifact as the server serves them."""
+    with urllib.request.urlopen(artifact_url(base, run_id, path), timeout=30) as response:
+        return response.read()
+
+
 def mlflow_metric_text(value: float) -> str:
     """Return ``value`` as the compare page prints it (MLflow's ``Utils.formatMetric``).
 

@@ -7,7 +7,8 @@ of the design), :mod:`~harness.report.examples` (the test set's part, from per-e
 :mod:`~harness.report.stats` (t tests, family-wise levels, power),
 :mod:`~harness.report.effects` (effects.csv and its four calls),
 :mod:`~harness.report.verdict` (the 80% set, its stability on a rerun, the plan to settle),
-:mod:`~harness.report.render` (printout and verdict.md), :mod:`~harness.report.figures` and
+:mod:`~harness.report.render` (printout and verdict.md), :mod:`~harness.report.figures`,
+:mod:`~harness.report.html` (report.html: all of it on one self-contained page) and
 :mod:`~harness.report.writer` (:func:`build_report`: everything computed once, written together).
 """
 
@@ -24,6 +25,7 @@ from harness.report.effects import (
     main_effects,
 )
 from harness.report.examples import ExampleResults
+from harness.report.html import report_html
 from harness.report.load import IMPORTANCE_COLUMNS, load_examples, load_runs, optuna_importances
 from harness.report.render import format_verdict, markdown_table, verdict_markdown, verdict_sentence
 from harness.report.tables import (
@@ -55,5 +57,6 @@ __all__ = [
     "format_verdict", "interactions", "is_result", "is_running", "load_examples", "load_runs",
     "log_report_to_mlflow", "main_effects", "markdown_table", "missing_configs",
     "optuna_importances", "option_text",
-    "pareto_verdict", "result_runs", "verdict_markdown", "verdict_sentence", "write_report",
+    "pareto_verdict", "report_html", "result_runs", "verdict_markdown", "verdict_sentence",
+    "write_report",
 ]

@@ -5,21 +5,25 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness.errors import UserError
 from harness.report import stats
 from harness.report.effects import CALLS, INTERACTION_COLUMNS, interactions
 from harness.report.examples import ExampleResults
 from harness.report.figures import cost_accuracy_chart, pareto_chart
+from harness.report.html import PROVENANCE_TAGS, report_html
 from harness.report.load import load_examples, load_runs, optuna_importances, study_command
 from harness.report.render import format_verdict, verdict_markdown
 from harness.report.tables import config_table
 from harness.report.verdict import Verdict, pareto_verdict
+from harness.study.designs import Design, from_record
 
 ARTIFACT_DIR = "report"
 """The folder of the parent run's artifacts that holds the report."""
@@ -32,6 +36,7 @@ REPORT_FILES = {
     "pareto": "pareto.png",
     "cost_vs_accuracy": "cost_vs_accuracy.png",
     "importances": "importances.csv",
+    "html": "report.html",
 }
 """Report name → file name in the output folder (importances only for Optuna searches)."""
 
@@ -70,8 +75,32 @@ def _write_all(writers: Mapping[str, Writer], paths: Mapping[str, Path]) -> None
             temporary.unlink(missing_ok=True)
 
 
+def _design_lines(design: Design, factors: Mapping[str, list[str]]) -> list[str]:
+    """Return what a fraction is and aliases; nothing for other designs or odd factors."""
+    try:
+        return design.structure(factors)
+    except UserError:  # e.g. a parent whose factors no longer make the fraction: say nothing
+        return []
+
+
 def _csv(frame: pd.DataFrame) -> Writer:
     return lambda path: frame.to_csv(path, index=False)
+
+
+def _png(draw: Callable[[Path], object]) -> bytes:
+    """Return the PNG that ``draw`` writes to a path, as bytes.
+
+    report.html embeds the same bytes that pareto.png and cost_vs_accuracy.png hold, so each
+    figure is drawn once and the page can never show another version of it.
+    """
+    with tempfile.TemporaryDirectory(prefix="harness-figure-") as folder:
+        path = Path(folder) / "figure.png"
+        draw(path)
+        return path.read_bytes()
+
+
+def _bytes(data: bytes) -> Writer:
+    return lambda path: path.write_bytes(data)
 
 
 def write_report(
@@ -81,57 +110,72 @@ def write_report(
     draws: int | None = None,
     examples: ExampleResults | None = None,
     margin: float = stats.MARGIN,
+    tags: Mapping[str, Sequence[str]] | None = None,
 ) -> Report:
     """Compute every table of the report once, then write the files into ``out_dir``.
 
     Files (see :data:`REPORT_FILES`): ``configs.csv``, ``effects.csv`` (with ``p_value``,
     ``p_adjusted`` and ``call``), ``interactions.csv`` (header only unless the study is a grid of
-    at least two tricks), ``verdict.md``, ``pareto.png``, ``cost_vs_accuracy.png``, and
+    at least two tricks), ``verdict.md``, ``pareto.png``, ``cost_vs_accuracy.png``,
+    ``report.html`` (all of it on one self-contained page, see :mod:`harness.report.html`), and
     ``importances.csv`` for an Optuna search whose importances can be computed. All are computed
     before any is written, and all are moved into place together at the end.
 
     Args:
         runs: One row per trial run, as :func:`harness.report.load_runs` returns it.
-        meta: Needs ``factors`` and ``defaults``; reads ``kind``, ``configs``, ``optuna_storage``
+        meta: Needs ``factors`` and ``defaults``; reads ``design`` (else the older ``kind``),
+            ``configs``, ``optuna_storage``
             and ``optuna_study_name`` when present.
         out_dir: The folder to write into; created if absent.
         draws: Simulated reruns of the stability column; default
             :data:`harness.report.verdict.STABILITY_DRAWS`.
         examples: The runs' per-example results (None: the test set's share is bounded).
         margin: Points inside which an effect is ``negligible``.
+        tags: Provenance tags the parent and trial runs recorded (tag → distinct values, see
+            :func:`recorded_tags`), for report.html; None: only what ``meta`` and ``runs`` hold.
 
     Returns:
         The report; its ``paths`` map report names (keys of :data:`REPORT_FILES`) to files.
     """
     factors, defaults = meta["factors"], meta["defaults"]
-    kind = meta.get("kind", "grid")
+    design = meta.get("design") or from_record(None, meta.get("kind"),
+                                                meta.get("configs") is not None)
+    searched = design.searches
     configs = config_table(runs, factors)
     extra = {} if draws is None else {"draws": draws}
-    verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"), kind=kind,
-                             images=meta.get("test_images", math.nan), examples=examples,
-                             margin=margin, **extra)
+    verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"),
+                             searched=searched, images=meta.get("test_images", math.nan),
+                             examples=examples, margin=margin, **extra)
+    verdict.design_lines = _design_lines(design, factors)
     if "study" in meta and "budget" in meta:  # the seed advice prints a command to run
         verdict.command = study_command(meta)
-    pair_effects = (interactions(runs, factors, defaults) if kind == "grid" and len(factors) >= 2
+    pair_effects = (interactions(runs, factors, defaults, design.models_interactions)
+                    if not searched and len(factors) >= 2
                     else pd.DataFrame(columns=list(INTERACTION_COLUMNS)))
     markdown = verdict_markdown(verdict, configs)
+    figures = {
+        "pareto": _png(lambda path: pareto_chart(verdict, path)),
+        "cost_vs_accuracy": _png(lambda path: cost_accuracy_chart(configs, path, defaults)),
+    }
     writers: dict[str, Writer] = {
         "configs": _csv(configs),
         "effects": _csv(verdict.effects),
         "interactions": _csv(pair_effects),
         "verdict": lambda path: path.write_text(markdown, encoding="utf-8"),
-        "pareto": lambda path: pareto_chart(verdict, path),
-        "cost_vs_accuracy": lambda path: cost_accuracy_chart(configs, path, defaults),
+        **{name: _bytes(data) for name, data in figures.items()},
     }
     storage, study_name = meta.get("optuna_storage"), meta.get("optuna_study_name")
     text = format_verdict(verdict)
-    if kind == "optuna" and storage and study_name:
+    importances = None
+    if searched and storage and study_name:
         importances = optuna_importances(storage, study_name)
         if importances is not None:
             writers["importances"] = _csv(importances)
             top = ", ".join(f"{row.param} {100 * row.importance:.0f}%"
                             for row in importances.head(3).itertuples(index=False))
             text += f"\nOptuna's parameter importances: {top}."
+    page = report_html(verdict, configs, meta, runs, figures, tags=tags, importances=importances)
+    writers["html"] = lambda path: path.write_text(page, encoding="utf-8")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,11 +239,54 @@ def build_report(
     """
     runs, meta = load_runs(tracking_uri, study, budget, parent_run_id=parent_run_id)
     examples = load_examples(tracking_uri, runs)
-    report = write_report(runs, meta, out_dir, examples=examples, margin=margin)
+    tags = recorded_tags(tracking_uri, meta, runs)
+    report = write_report(runs, meta, out_dir, examples=examples, margin=margin, tags=tags)
     if log_to_mlflow:
         log_report_to_mlflow(report.paths, meta["parent_run_id"], tracking_uri)
         log_calls_to_mlflow(report.verdict, meta["parent_run_id"], tracking_uri)
     return report
+
+
+_TAG_SEARCH_CHUNK = 100  # run ids per search: keeps the filter well inside a server's limits
+
+
+def recorded_tags(tracking_uri: str, meta: Mapping[str, Any],
+                  runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Return the provenance tags the parent run and the trial runs recorded, for report.html.
+
+    The parent carries the study's device and dataset digest; the git sha and the software
+    versions are on each trial (a grown study may hold trials of several commits), so every
+    distinct value is kept.
+
+    Args:
+        tracking_uri: The MLflow store.
+        meta: From :func:`harness.report.load_runs`: ``parent_run_id`` and ``experiment_id``.
+        runs: Its runs table; the tags of these runs are read.
+
+    Returns:
+        Tag name (:data:`harness.report.html.PROVENANCE_TAGS` and ``harness.budget``) → sorted
+        distinct values; a tag no run recorded is absent.
+    """
+    import mlflow
+
+    from harness.tracking import Tag
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = [client.get_run(meta["parent_run_id"])]
+    ids = sorted({str(run_id) for run_id in runs["run_id"].dropna()})
+    for start in range(0, len(ids), _TAG_SEARCH_CHUNK):
+        quoted = ", ".join(f"'{run_id}'" for run_id in ids[start:start + _TAG_SEARCH_CHUNK])
+        found += client.search_runs([meta["experiment_id"]],
+                                    filter_string=f"attributes.run_id IN ({quoted})",
+                                    max_results=_TAG_SEARCH_CHUNK)
+    names = [tag for _, tag in PROVENANCE_TAGS] + [Tag.BUDGET]
+    values: dict[str, set[str]] = {}
+    for run in found:
+        for name in names:
+            value = run.data.tags.get(name)
+            if value:
+                values.setdefault(name, set()).add(value)
+    return {name: sorted(value) for name, value in values.items()}
 
 
 def log_calls_to_mlflow(verdict: Verdict, parent_run_id: str, tracking_uri: str) -> None:
