@@ -25,6 +25,11 @@ where asked the realised power at the study's own ``detectable`` and the calibra
     python benchmarks/calibration.py                 # the full table (about 75 min on 2 cores)
     python benchmarks/calibration.py --quick         # 3 scenarios x 1000 studies, for CI
     python benchmarks/calibration.py --only loo --studies 500
+
+Scenarios named ``auto ...`` are ``seeds=auto`` studies: the rounds of
+:mod:`harness.study.designs.adaptive` from ``seeds`` up to ``max_seeds`` seeds, each look calling
+at its share of the error rate, stopping as the harness does. Their FWER counts a wrong call at
+any look, and they also print the rounds used and the share that ran to the cap.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.report import stats  # noqa: E402
 from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, effects_table, option_tests  # noqa: E402
 from harness.report.examples import ExampleResults  # noqa: E402
-from harness.report.verdict import stability  # noqa: E402
+from harness.report.verdict import settle_plan, stability  # noqa: E402
+from harness.study.designs.adaptive import Rounds, open_options  # noqa: E402
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
@@ -115,6 +121,7 @@ class Scenario:
     effects: tuple[tuple[int, float], ...] = ()
     detectable: bool = False  # also measure the realised power at the study's detectable
     stability: bool = False  # also check p_in_set against reruns
+    max_seeds: int = 0  # seeds=auto: rounds from ``seeds`` up to this many; 0: a fixed study
 
     @property
     def configs(self) -> np.ndarray:
@@ -322,10 +329,48 @@ class Tally:
     covered: int = 0  # every interval held the truth
     detectable: list[float] = field(default_factory=list)
     in_set: list[tuple[float, bool]] = field(default_factory=list)  # (p_in_set, in rerun's set)
+    rounds: list[int] = field(default_factory=list)  # seeds=auto: the rounds each study ran
+
+
+def run_rounds(scenario: Scenario, count: int, seed: int) -> Tally:
+    """Simulate ``count`` seeds=auto studies of ``scenario``: every look's calls are tallied.
+
+    Each study is simulated at ``max_seeds`` seeds; look k reads the runs of its first seeds,
+    as round k of the harness reads the runs its grown study adopted.
+    """
+    world = build_world(replace(scenario, seeds=scenario.max_seeds))
+    rng = np.random.default_rng(seed)
+    factors, defaults = factors_of(scenario)
+    rounds = Rounds(first=tuple(range(scenario.seeds)), max_seeds=scenario.max_seeds)
+    alpha = rounds.look_alpha(stats.ALPHA)
+    n_configs = len(scenario.configs)
+    tally = Tally()
+    for _ in range(count):
+        runs, examples = simulate(world, rng)
+        wrong, looked = False, 0
+        for seeds in rounds.seeds():
+            looked += 1
+            tests = option_tests(runs[runs["seed"] < len(seeds)], factors, defaults, examples)
+            effects = effects_table(tests, alpha)
+            wrong = wrong or wrong_calls(effects, world.truth)
+            plan = settle_plan(tests, effects, len(seeds), n_configs)
+            if not open_options(effects, plan)[0]:
+                break
+        tally.studies += 1
+        tally.wrong += wrong
+        tally.rounds.append(looked)
+        first, sign = effects.iloc[0], np.sign(world.truth[0])
+        tally.called += bool((sign > 0 and first["call"] == HELPS)
+                             or (sign < 0 and first["call"] == HURTS))
+        low, high = effects["ci_low"].to_numpy(float), effects["ci_high"].to_numpy(float)
+        tally.covered += bool(np.all((low <= world.truth) & (world.truth <= high)))
+    return tally
 
 
 def run_studies(scenario: Scenario, count: int, seed: int) -> Tally:
     """Simulate ``count`` studies of ``scenario`` and tally their calls."""
+    if scenario.max_seeds:
+        return run_rounds(scenario, count, seed)
     world = build_world(scenario)
     rng = np.random.default_rng(seed)
     factors, defaults = factors_of(scenario)
@@ -385,6 +430,7 @@ def measure(scenario: Scenario, count: int, jobs: int, seed: int = 0) -> Tally:
         merged.covered += t.covered
         merged.detectable += t.detectable
         merged.in_set += t.in_set
+        merged.rounds += t.rounds
     return merged
 
 
@@ -444,6 +490,15 @@ def scenarios() -> list[Scenario]:
                               effects=((0, size),)))
         found.append(Scenario(f"half 2^(6-1) x1 50% effect {size:g}s", "half", 6, 1, **cpu,
                               effects=((0, size),)))
+    # seeds=auto: rounds of one seed more from one seed to five, every look counted.
+    for effect, name in (((), "null"), (((0, 3.0),), "effect 3s")):
+        found.append(Scenario(f"auto 2^4 x1-5 50% {name}", "grid", 4, 1, **cpu, max_seeds=5,
+                              effects=effect))
+        found.append(Scenario(f"auto 2^3 x1-5 94% {name}", "grid", 3, 1, **gpu, max_seeds=5,
+                              effects=effect))
+    found.append(Scenario("auto loo6 x2-5 50% N=2500 null", "loo", 6, 2, **small, max_seeds=5))
+    found.append(Scenario("auto 2^3 x1-5 50% null, one config 8x noisier", "grid", 3, 1, **cpu,
+                          noisy=8.0, max_seeds=5))
     # Planning numbers and stability.
     found.append(Scenario("2^3 x3 50% detectable", "grid", 3, 3, **cpu, detectable=True))
     found.append(Scenario("2^4 x2 50% detectable", "grid", 4, 2, **cpu, detectable=True))
@@ -467,6 +522,10 @@ def row(scenario: Scenario, tally: Tally, jobs: int) -> dict[str, str]:
     result = {"scenario": scenario.name, "studies": str(n), "FWER %": rate(tally.wrong, n),
               "power %": rate(tally.called, n) if scenario.effects else "",
               "joint coverage %": rate(tally.covered, n)}
+    if scenario.max_seeds and tally.rounds:
+        at_cap = sum(r == scenario.max_seeds - scenario.seeds + 1 for r in tally.rounds)
+        result["rounds"] = (f"mean {np.mean(tally.rounds):.2f}; to the cap "
+                            f"{rate(at_cap, len(tally.rounds))}")
     if scenario.detectable and tally.detectable:
         size = float(np.nanmedian(tally.detectable))
         follow = replace(scenario, name=scenario.name + " at detectable", detectable=False,

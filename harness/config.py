@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from harness.errors import UserError, unknown_choice
 from harness.recipe import SECTIONS, Recipe
+from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
 from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
 from harness.study.plan import Plan, experiment_name, grown_seeds
 from harness.study.spec import StudySpec, list_studies, load_study
@@ -26,6 +27,8 @@ from harness.tricks import TRICKS, load_tricks
 BUDGETS = ("auto", "smoke", "cpu", "full")
 DEFAULT_STUDY = "tricks"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32- and 64-bit; the smaller bounds both
+MAX_AUTO_SEEDS = 20  # seeds=auto: more replicates than this is not a study of tricks
 
 # Settings of the harness itself (not of a training run), with their defaults and help.
 SETTINGS: dict[str, tuple[Any, str]] = {
@@ -33,7 +36,14 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "budget": ("auto", "smoke | cpu | full | auto (full on CUDA, cpu otherwise)"),
     "seeds": (None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's. "
               "seeds=+N adds N new seeds to those with finished runs (a grown study trains "
-              "only the new trials)"),
+              "only the new trials); seeds=auto adds one seed per round until every option "
+              "is settled (see max_seeds, max_minutes)"),
+    "max_seeds": (None, f"seeds=auto: seeds per config at the last round; default "
+                  f"{DEFAULT_MAX_SEEDS}"),
+    "max_minutes": (None, "seeds=auto: start no round that would end past this many minutes "
+                    "of the command's wall time"),
+    "seed_offset": (0, "seeds=auto: added to every seed, for a second replicate stream of the "
+                    "same study"),
     "rerun": (False, "train every trial again, even those with a finished run; the new runs "
               "replace the old ones in reports (nothing is deleted)"),
     "design": (None, "grid | listed | fractional | search; default: the study's"),
@@ -86,6 +96,7 @@ class RunConfig:
     overrides: tuple[str, ...] = field(default=())
     rerun: bool = False
     margin: float = 1.0  # points: the report's band for `negligible`
+    rounds: Rounds | None = None  # seeds=auto: the rounds; seeds are then the first round's
 
     def plan(self) -> Plan:
         """Return the study's plan: what its workers need, without the command line's settings."""
@@ -179,7 +190,12 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         {} if settings["resolution"] is None else {"resolution": settings["resolution"]})
     budget = resolve_budget(str(settings["budget"]), cuda_available)
     recipe = compose_recipe(study, budget, recipe_overrides)
-    seeds = _seeds(settings["seeds"], study.seeds_for(budget))
+    rounds = _rounds(settings, study.seeds_for(budget),
+                     None if more_seeds else study.max_seeds_for(budget))
+    if rounds and study.design.searches:
+        raise UserError(f"seeds=auto repeats a design's configs in rounds; design "
+                        f"{study.design.name} searches instead, so give seeds=[...]")
+    seeds = rounds.first if rounds else _seeds(settings["seeds"], study.seeds_for(budget))
     if more_seeds:
         if settings["seeds"] is not None:
             raise UserError("give seeds=[...] or seeds=+N, not both")
@@ -204,7 +220,42 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         stale_after=_positive_float("stale_after", settings["stale_after"]),
         launch=_launch(settings), overrides=tuple(args), rerun=settings["rerun"],
         margin=_positive_float("margin", settings["margin"], "accuracy points"),
+        rounds=rounds,
     )
+
+
+def _rounds(settings: Mapping[str, Any], default: Sequence[int], budget_cap: int | None
+            ) -> Rounds | None:
+    """Return the rounds of ``seeds=auto``, None for fixed seeds; refuse stray round settings.
+
+    A budget with ``max_seeds`` in its study file runs ``seeds=auto`` unless the command line
+    gives seeds.
+    """
+    if settings["seeds"] is None and budget_cap is not None:
+        settings = {**settings, "seeds": AUTO,
+                    "max_seeds": budget_cap if settings["max_seeds"] is None
+                    else settings["max_seeds"]}
+    if settings["seeds"] != AUTO:
+        for key in ("max_seeds", "max_minutes"):
+            if settings[key] is not None:
+                raise UserError(f"{key} sets the rounds of seeds=auto; add seeds=auto or drop it")
+        if settings["seed_offset"] != 0:
+            raise UserError("seed_offset shifts the seeds of seeds=auto; give seeds=[...] "
+                            "themselves otherwise")
+        return None
+    offset = settings["seed_offset"]
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_SEED:
+        raise UserError(f"seed_offset must be an integer from 0 to {MAX_SEED}, got {offset!r}")
+    first = tuple(seed + offset for seed in _seeds(None, default))
+    max_seeds = DEFAULT_MAX_SEEDS if settings["max_seeds"] is None else settings["max_seeds"]
+    if (not isinstance(max_seeds, int) or isinstance(max_seeds, bool)
+            or not len(first) <= max_seeds <= MAX_AUTO_SEEDS):
+        raise UserError(f"max_seeds must be an integer from {len(first)} (the study's own seeds) "
+                        f"to {MAX_AUTO_SEEDS}, got {max_seeds!r}")
+    minutes = settings["max_minutes"]
+    if minutes is not None:
+        minutes = _positive_float("max_minutes", minutes, "minutes")
+    return Rounds(first=first, max_seeds=max_seeds, max_minutes=minutes)
 
 
 MORE_SEEDS_PREFIX = "seeds=+"

@@ -22,6 +22,7 @@ from harness.train import device_name, fit, resolve_device
 from harness.tricks import describe_tricks, toggle_changes
 
 if TYPE_CHECKING:  # the runner pulls in MLflow, which --help and --dry-run do not need
+    from harness.report import Report
     from harness.study.runner import StudyOutcome
 
 FLAGS = ("--help", "-h", "--list-tricks", "--dry-run")
@@ -53,6 +54,12 @@ def describe_plan(cfg: RunConfig) -> str:
             lines.append(f"  {name}={option}: {shown}")
     lines.append(f"design: {cfg.study.design.name}")
     lines += cfg.study.design.describe(cfg.plan())
+    if cfg.rounds is not None:
+        more = cfg.rounds.looks - 1
+        lines.append(f"seeds=auto: that is round 1 of at most {cfg.rounds.looks}; each further "
+                     f"round adds one seed to every config ({more} more round(s), "
+                     f"{more * len(cfg.configs)} trials at most), while any option is "
+                     f"undetermined")
     return "\n".join(lines)
 
 
@@ -114,29 +121,52 @@ def run(argv: Sequence[str]) -> int:
     if "--dry-run" in flags:
         print(describe_plan(cfg))
         return 0
-    from harness.study.launchers import run_study
-
     try:
-        outcome = run_study(cfg.plan(), cfg.launch)
+        if cfg.rounds is not None:
+            from harness.study_rounds import run_rounds
+
+            return run_rounds(cfg, run_once)
+        return exit_code(run_once(cfg)[0])
     finally:
         distributed.release_followers()  # under torchrun: the other ranks end with the study
+
+
+def run_once(cfg: RunConfig, alpha: float | None = None, printed: bool = True
+             ) -> tuple[StudyOutcome, Report | None]:
+    """Run the study of ``cfg`` once (train what it lacks), then write and log its report.
+
+    Args:
+        cfg: The command's configuration.
+        alpha: The calls' family-wise error rate; None: the study-wide 5%.
+        printed: Print the best trial and the report (``seeds=auto`` prints only its last).
+
+    Returns:
+        What the command did, and the report (None when no trial has a result yet).
+    """
+    from harness.study.launchers import run_study
+    from harness.study_report import report_study
+
+    outcome = run_study(cfg.plan(), cfg.launch)
     for lost in outcome.lost_workers:
         print(f"warning: {lost}", file=sys.stderr)
     if outcome.interrupted:
         raise KeyboardInterrupt
     if outcome.trials:
         print(results_table(outcome))
-        text = best_trial_text(outcome)
+        text = best_trial_text(outcome) if printed else ""
         if text:
             print(text)
     else:
         print(f"nothing to run: all {outcome.skipped} trials of this study are already done")
-    from harness.study_report import report_study
-
-    report_study(cfg, outcome)
+    report = report_study(cfg, outcome, alpha, printed)
     if outcome.still_running:
         print(f"{outcome.still_running} trial(s) still run in other commands; the report covers "
               f"what has finished")
+    return outcome, report
+
+
+def exit_code(outcome: StudyOutcome) -> int:
+    """Return the exit code of a study that ran to its end: 1 when a trial or worker failed."""
     return EXIT_CRASHED if outcome.crashed or outcome.lost_workers else 0
 
 

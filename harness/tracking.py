@@ -79,6 +79,7 @@ class Tag:
     REPLACED_BY = "harness.replaced_by"  # on a run another run of its identity replaced
     COMMAND = "harness.command"  # on a parent: JSON list of the command line's overrides
     CALLS = "harness.calls"  # on a parent: JSON of option → call, written with the report
+    ALPHA = "harness.alpha"  # on a parent: the family-wise error rate its calls are made at
     TEST_DIGEST = "harness.test_digest"  # on a trial: digest of its test set, in its order
     COMPILE = "harness.compile"  # on a trial: "compiled", or "eager: WHY" (harness.compiling)
     # On a FINISHED run that a later study adopted instead of training it again: one tag per

@@ -7,6 +7,7 @@ of the harness (without ``test_images`` or ``torch_seed``) still load: what they
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,7 +79,21 @@ def _parent_meta(
         "design": from_record(tags.get(Tag.DESIGN), tags.get(Tag.KIND), configs is not None),
         "optuna_storage": tags.get(Tag.OPTUNA_STORAGE),
         "optuna_study_name": tags.get(Tag.OPTUNA_STUDY),
+        "alpha": _alpha(tags.get(Tag.ALPHA), where),
     }
+
+
+def _alpha(text: str | None, where: str) -> float | None:
+    """Return the error rate a parent's calls are made at (seeds=auto looks), None: the default."""
+    if text is None:
+        return None
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = math.nan
+    if not 0.0 < alpha < 1.0:
+        raise UserError(f"{where} tag {Tag.ALPHA} is not an error rate between 0 and 1: {text!r}")
+    return alpha
 
 
 def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
@@ -250,7 +265,9 @@ def load_examples(tracking_uri: str, runs: pd.DataFrame) -> ExampleResults | Non
     return ExampleResults(correct, digests) if correct else None
 
 
-GROWTH_KEYS = ("study=", "budget=", "seeds=", "rerun=")  # what a grow command sets itself
+# What a grow or settle command sets itself.
+GROWTH_KEYS = ("study=", "budget=", "seeds=", "max_seeds=", "max_minutes=", "seed_offset=",
+               "rerun=")
 
 
 def study_command(meta: Mapping[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -144,14 +145,42 @@ def guidance(verdict: Verdict) -> list[str]:
                      f"runs logged by this version measure it.")
     settle = [key for key in plan.unsettled if key not in plan.beyond + plan.bounded]
     if settle and plan.seeds is not None:
-        command = grow_command(verdict, plan.seeds)
-        seeds = seeds_argument(verdict.seeds, plan.seeds)
-        lines.append(f"To settle {_toggle_text(settle)}: {seeds} ({plan.new_runs} more runs; "
-                     f"the finished ones are reused)" + (f": {command}" if command else "."))
+        command = settle_command(verdict, plan.seeds)
+        hours = duration_text(plan.new_runs * plan.seconds_per_run)
+        took = f", about {hours} of training at this study's pace" if hours else ""
+        lines.append(f"To settle {_toggle_text(settle)}: {auto_arguments(verdict, plan.seeds)} "
+                     f"adds a seed per round until every option is settled, at most "
+                     f"{plan.new_runs} more runs{took}; the finished ones are reused"
+                     + (f": {command}" if command else "."))
     elif settle:
         lines.append(f"{_toggle_text(settle)} would need more than {MAX_PLANNED} seeds to "
                      f"settle at their measured effects.")
     return lines
+
+
+def auto_arguments(verdict: Verdict, max_seeds: int) -> str:
+    """Return ``seeds=auto max_seeds=N``, with the offset of a study whose seeds start past 0."""
+    offset = min(verdict.seeds, default=0)
+    return f"seeds=auto max_seeds={max_seeds}" + (f" seed_offset={offset}" if offset else "")
+
+
+def settle_command(verdict: Verdict, max_seeds: int) -> str:
+    """Return the ``seeds=auto`` command that settles the study, or "" without its command."""
+    if not verdict.command:
+        return ""
+    words = ["python", "-m", "harness.run", *verdict.command,
+             *auto_arguments(verdict, max_seeds).split()]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def duration_text(seconds: float) -> str:
+    """Return ``'1 h 05 min'``, ``'12 min'`` or ``'40 s'`` for a positive finite time, else ''."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return ""
+    if seconds < 59.5:
+        return f"{max(1, round(seconds))} s"
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def grow_command(verdict: Verdict, count: int) -> str:

@@ -67,11 +67,14 @@ STABILITY_DRAWS = 2000
 class SettlePlan:
     """What more seeds would do for the undetermined options.
 
-    ``seeds`` is the replicate count at which every undetermined option with an interval would
-    be settled (called helps, hurts or negligible) 80% of the time if its effect is what this
-    study measured; None when some option needs more than :data:`MAX_SEEDS`. ``new_runs`` is the
-    trials that takes. ``beyond`` lists the options that no number of seeds settles: the test
-    set's own share of the noise, measured from per-example results, is too large for them;
+    ``seeds`` is the ``max_seeds`` of the ``seeds=auto`` command that would settle every
+    undetermined option with an interval (call it helps, hurts or negligible) 80% of the time by
+    its last round, if its effect is what this study measured, each round calling at the level
+    of that command's looks (see :mod:`harness.study.designs.adaptive`); None when some option
+    needs more than :data:`MAX_SEEDS`. ``new_runs`` is the trials it takes at most, and
+    ``seconds_per_run`` this study's mean training time of a run. ``beyond`` lists the options
+    that no number of seeds settles: the test set's own share of the noise, measured from
+    per-example results, is too large for them;
     ``bounded`` those for which only the bound of a store without per-example results says so
     (the true share may well be smaller). ``no_interval`` lists those without an interval yet,
     which more seeds give one.
@@ -79,6 +82,7 @@ class SettlePlan:
 
     seeds: int | None = None
     new_runs: int = 0
+    seconds_per_run: float = math.nan
     beyond: list[tuple[str, str]] = field(default_factory=list)
     bounded: list[tuple[str, str]] = field(default_factory=list)
     no_interval: list[tuple[str, str]] = field(default_factory=list)
@@ -193,15 +197,17 @@ def stability(
 
 def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int, n_configs: int,
                 alpha: float = stats.ALPHA, margin: float = stats.MARGIN,
-                max_seeds: int = MAX_SEEDS) -> SettlePlan:
-    """Return how many seeds would settle the undetermined options (see :class:`SettlePlan`).
+                max_seeds: int = MAX_SEEDS, seconds_per_run: float = math.nan) -> SettlePlan:
+    """Return the ``seeds=auto`` cap that settles the undetermined options (:class:`SettlePlan`).
 
     An option is planned as settled at ``s`` seeds when its projected detectable effect (the
     same noise model, t quantiles at the projected df, 80% power averaged over what today's
     spread says the noise could be) is at most its measured effect's size (it would be called
     helps or hurts) or at most ``margin`` less that size (its interval would fit inside
-    ±margin: negligible). The test set's share does not shrink with
-    seeds, so an option it alone keeps unsettled is ``beyond``.
+    ±margin: negligible), at the level of the last look of ``seeds=auto max_seeds=s``: alpha
+    split over ``s`` looks, as many as a study that starts from one seed has, which is never
+    fewer than the command will have. The test set's share does not shrink with seeds, so an
+    option it alone keeps unsettled is ``beyond``.
     """
     calls = dict(zip(zip(effects["trick"], effects["option"]), effects["call"]))
     tested = sum(t.tested for t in tests)
@@ -222,7 +228,8 @@ def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int
             continue
         for seeds in range(n_seeds + 1, max_seeds + 1):
             se, df = test.projected_se(seeds)
-            if stats.detectable_effect(se, df, level, measured_df=test.df) <= target:
+            look_level = stats.family_level(tested, alpha / seeds)
+            if stats.detectable_effect(se, df, look_level, measured_df=test.df) <= target:
                 needed.append(seeds)
                 break
         else:
@@ -230,7 +237,8 @@ def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int
     planned = [s for s in needed if s <= max_seeds]
     seeds = max(planned) if planned and len(planned) == len(needed) else None
     return SettlePlan(seeds=seeds, new_runs=(seeds - n_seeds) * n_configs if seeds else 0,
-                      beyond=beyond, bounded=bounded, no_interval=no_interval, unsettled=unsettled)
+                      seconds_per_run=seconds_per_run, beyond=beyond, bounded=bounded,
+                      no_interval=no_interval, unsettled=unsettled)
 
 
 def _best_trial(runs: pd.DataFrame, factors: Factors) -> dict[str, Any] | None:
@@ -342,7 +350,11 @@ def pareto_verdict(
     all_seconds = float(ranked["train_seconds"].iloc[-1]) if len(ranked) else math.nan
     results = result_runs(runs, factors)
     seeds = sorted(int(s) for s in results["seed"].dropna().unique())
-    plan = settle_plan(tests, effects, max(len(seeds), 1), len(configs), alpha, margin)
+    # The advice is a new seeds=auto command, planned at the study-wide rate whatever this
+    # verdict's own (a look of seeds=auto calls at a share of it).
+    per_run = float(results["train_seconds"].mean()) if "train_seconds" in results else math.nan
+    plan = settle_plan(tests, effects, max(len(seeds), 1), len(configs), stats.ALPHA, margin,
+                       seconds_per_run=per_run)
     return Verdict(
         table=table,
         effects=effects,

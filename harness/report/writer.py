@@ -111,6 +111,7 @@ def write_report(
     examples: ExampleResults | None = None,
     margin: float = stats.MARGIN,
     tags: Mapping[str, Sequence[str]] | None = None,
+    alpha: float | None = None,
 ) -> Report:
     """Compute every table of the report once, then write the files into ``out_dir``.
 
@@ -133,6 +134,8 @@ def write_report(
         margin: Points inside which an effect is ``negligible``.
         tags: Provenance tags the parent and trial runs recorded (tag → distinct values, see
             :func:`recorded_tags`), for report.html; None: only what ``meta`` and ``runs`` hold.
+        alpha: The family-wise error rate of the calls; None: ``meta``'s ``alpha`` (a look of
+            ``seeds=auto`` records its own), else 0.05.
 
     Returns:
         The report; its ``paths`` map report names (keys of :data:`REPORT_FILES`) to files.
@@ -143,9 +146,11 @@ def write_report(
     searched = design.searches
     configs = config_table(runs, factors)
     extra = {} if draws is None else {"draws": draws}
+    if alpha is None:
+        alpha = meta.get("alpha") or stats.ALPHA
     verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"),
                              searched=searched, images=meta.get("test_images", math.nan),
-                             examples=examples, margin=margin, **extra)
+                             examples=examples, alpha=alpha, margin=margin, **extra)
     verdict.design_lines = _design_lines(design, factors)
     if "study" in meta and "budget" in meta:  # the seed advice prints a command to run
         verdict.command = study_command(meta)
@@ -216,6 +221,7 @@ def build_report(
     parent_run_id: str | None = None,
     log_to_mlflow: bool = False,
     margin: float = stats.MARGIN,
+    alpha: float | None = None,
 ) -> Report:
     """Load a study from MLflow, write its report, optionally log it to the parent run.
 
@@ -230,6 +236,7 @@ def build_report(
         log_to_mlflow: Also log the files under ``report/`` of the parent run, and the calls'
             counts and the margin on it.
         margin: Points inside which an effect is ``negligible``.
+        alpha: The calls' family-wise error rate; None: the one the parent run records, else 0.05.
 
     Returns:
         The report.
@@ -240,7 +247,8 @@ def build_report(
     runs, meta = load_runs(tracking_uri, study, budget, parent_run_id=parent_run_id)
     examples = load_examples(tracking_uri, runs)
     tags = recorded_tags(tracking_uri, meta, runs)
-    report = write_report(runs, meta, out_dir, examples=examples, margin=margin, tags=tags)
+    report = write_report(runs, meta, out_dir, examples=examples, margin=margin, tags=tags,
+                          alpha=alpha)
     if log_to_mlflow:
         log_report_to_mlflow(report.paths, meta["parent_run_id"], tracking_uri)
         log_calls_to_mlflow(report.verdict, meta["parent_run_id"], tracking_uri)

@@ -12,11 +12,12 @@ A study file has these keys (only one of ``factors``/``configs`` is required)::
     n_trials: 20                                           # search only
     pruner: median | none                                  # search only
     search: {optimizer.lr_factor: {low: 0.3, high: 3, log: true}}   # search only
-
-The older ``kind: grid | optuna`` still works: ``grid`` is a grid (listed when the file lists
-configs) and ``optuna`` a search.
     recipe: {section: {key: value}}                        # the base recipe
-    budgets: {smoke|cpu|full: {recipe: {...}, seeds: [...], n_trials: N}}
+    budgets: {smoke|cpu|full: {recipe: {...}, seeds: [...], n_trials: N, max_seeds: N}}
+
+A budget's ``max_seeds`` makes ``seeds=auto`` with that cap its default (a command line that
+gives seeds overrides it). The older ``kind: grid | optuna`` still works: ``grid`` is a grid
+(listed when the file lists configs) and ``optuna`` a search.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ SMOKE_RECIPE: dict[str, Any] = {
 
 _KEYS = ("description", "design", "resolution", "kind", "factors", "configs", "seeds",
          "objective", "n_trials", "pruner", "search", "recipe", "budgets")
-_BUDGET_KEYS = ("recipe", "seeds", "n_trials")
+_BUDGET_KEYS = ("recipe", "seeds", "n_trials", "max_seeds")
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class StudySpec:
     def seeds_for(self, budget: str) -> list[int]:
         """Return the budget's seeds, else the study's."""
         return list(self.budgets.get(budget, {}).get("seeds", self.seeds))
+
+    def max_seeds_for(self, budget: str) -> int | None:
+        """Return the cap of the budget's default ``seeds=auto``; None: its seeds are fixed."""
+        return self.budgets.get(budget, {}).get("max_seeds")
 
     def n_trials_for(self, budget: str) -> int | None:
         """Return the budget's trial count, else the study's."""
@@ -225,6 +230,12 @@ def parse_study(name: str, raw: Mapping[str, Any], path: str = "") -> StudySpec:
         for key in section or {}:
             if key not in _BUDGET_KEYS:
                 raise unknown_choice(f"key in {where} budgets.{budget}", key, _BUDGET_KEYS)
+        cap = (section or {}).get("max_seeds")
+        first = len((section or {}).get("seeds", seeds))
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool)
+                                or not first <= cap <= 20):
+            raise UserError(f"{where}: budgets.{budget}.max_seeds (its default seeds=auto's cap) "
+                            f"must be an integer from {first} to 20, got {cap!r}")
     return StudySpec(
         name=name, design=design, factors=factors, configs=configs,
         description=str(raw.get("description", "")), seeds=list(raw.get("seeds", [0])),
