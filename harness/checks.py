@@ -11,12 +11,19 @@ import importlib.util
 import json
 import math
 import os
+import re
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError, unknown_choice
+from harness.errors import UserError, abbreviated, unknown_choice
 
+# The largest integer any setting may hold: int64, what torch, numpy and SQLite store. Every
+# count here is far below it; a larger number is a typo, and past 4300 digits Python will not
+# even read it.
+MAX_INTEGER = 2**63 - 1
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Longest name of one path component on Linux and macOS file systems (ext4, APFS): bytes.
 NAME_MAX = 255
@@ -52,6 +59,24 @@ def finite_number(key: str, value: Any, *, minimum: float | None = None,
         relation = "above" if strict else "at least"
         raise UserError(f"{key} must be {relation} {minimum:g}, got {value!r}")
     return number
+
+
+def check_integer_size(key: str, value: Any) -> None:
+    """Raise a UserError when ``value``, or an integer inside it, is beyond :data:`MAX_INTEGER`."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_integer_size(key, item)
+    elif isinstance(value, dict):
+        for inner_key, item in value.items():
+            check_integer_size(f"{key}.{inner_key}" if key else str(inner_key), item)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        raise too_large(key, str(value))
+
+
+def too_large(key: str, number: str) -> UserError:
+    """Build the error for the integer ``number`` (its digits as typed) given for ``key``."""
+    return UserError(f"{key}: {abbreviated(number)} is too large to be meant; integers here are "
+                     f"at most {MAX_INTEGER} (2**63-1)")
 
 
 def check_device(name: str, cuda_count: int | None = None, mps: bool | None = None) -> str:
@@ -161,10 +186,22 @@ def check_writable_file(key: str, path: str | Path) -> Path:
     path = check_path_names(key, path)
     if path.is_dir():
         raise UserError(f"{key} '{path}' is a folder; name a file inside it")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"{key} '{path}' cannot be written")
+    if path.exists():
+        _check_appendable(key, path)
     _check_creatable_folder(key, path.parent)
     return path
+
+
+def _check_appendable(key: str, path: Path) -> None:
+    """Open an existing file for appending and close it: that writes nothing, changes nothing.
+
+    ``os.access`` alone says yes to root whatever a file's mode bits, and /proc's files refuse
+    writes that its answer allows.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise UserError(f"{key} '{path}' cannot be written ({exc.strerror})") from None
 
 
 def check_writable_folder(key: str, path: str | Path) -> Path:
@@ -184,6 +221,14 @@ def _check_creatable_folder(key: str, folder: Path) -> None:
         raise UserError(f"{key}: '{ancestor}' is a file, so '{folder}' cannot be a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UserError(f"{key}: the folder '{ancestor}' cannot be written")
+    try:
+        # An unnamed file (O_TMPFILE where Linux has it): a real write test that leaves no
+        # name behind. os.access says yes to root for /proc, where nothing can be created.
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise UserError(f"{key}: files cannot be created in the folder '{ancestor}' "
+                        f"({exc.strerror})") from None
 
 
 def check_driver(key: str, url: str) -> None:
@@ -292,3 +337,31 @@ def check_tracking_scheme(uri: str) -> None:
                         f"supports; use sqlite:///PATH.db or http://HOST:PORT")
     raise UserError(f"unsupported tracking_uri '{uri}'; use sqlite:///PATH.db, "
                     f"http(s)://HOST:PORT or a postgresql:// database URL")
+
+
+# A Slurm partition name, or several separated by commas as sbatch --partition takes them.
+SLURM_PARTITIONS = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
+
+
+def check_slurm_partition(partition: str) -> str:
+    """Return ``partition`` if it is a name sbatch accepts: letters, digits, ``_ . -``."""
+    if not SLURM_PARTITIONS.fullmatch(partition):
+        raise UserError(f"slurm.partition '{partition}' is not a partition name: use letters, "
+                        f"digits, _ . - (several as a,b); sinfo -s lists them")
+    return partition
+
+
+def check_can_submit(cluster: str) -> None:
+    """Check that ``launcher=slurm`` can submit here: submitit installed, and srun for Slurm.
+
+    Runs before a study's stores are opened: a launch that cannot start must leave them as
+    they were.
+    """
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError("launcher=slurm needs submitit: pip install -e '.[slurm]'")
+    # submitit finds Slurm by its srun (SlurmExecutor.affinity) and submits with sbatch.
+    missing = [tool for tool in ("srun", "sbatch") if shutil.which(tool) is None]
+    if cluster == "slurm" and missing:
+        raise UserError(f"launcher=slurm: no {' or '.join(missing)} on this machine's PATH, so "
+                        f"no Slurm job can be submitted from here; run on a Slurm login node, "
+                        f"or slurm.cluster=local runs the job array on this machine")

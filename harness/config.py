@@ -8,14 +8,17 @@ a typo fails at once with one line naming the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.errors import UserError, unknown_choice
+from harness.checks import check_integer_size, check_slurm_partition, too_large
+from harness.errors import UserError, abbreviated, unknown_choice
 from harness.recipe import SECTIONS, Recipe
 from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
 from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
@@ -122,11 +125,23 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     for arg in args:
         if "=" not in arg:
             raise UserError(f"cannot read '{arg}': overrides look like key=value, e.g. budget=cpu")
+        key, _, text = arg.partition("=")
+        control = next((char for char in arg if unicodedata.category(char) == "Cc"), None)
+        if control is not None:
+            raise UserError(f"cannot read '{arg}': it holds the control character "
+                            f"{control!r}; no setting means one, so type it again without")
         try:
             (override,) = parser.parse_overrides([arg])
         except HydraException as exc:
             first = str(exc).strip().splitlines()[0]
-            raise UserError(f"cannot read '{arg}': {first}") from None
+            raise UserError(f"cannot read '{arg}': {first}; quote a path with spaces or "
+                            f"non-ASCII characters, e.g. '{key}=\"{text}\"' (lists look like "
+                            f"[a,b])") from None
+        except ValueError as exc:  # Hydra's int() of a number past Python's 4300-digit limit
+            numbers = re.findall(r"\d+", text)
+            if not numbers:
+                raise UserError(f"cannot read '{arg}': {exc}") from None
+            raise too_large(key, max(numbers, key=len)) from None
         if override.is_sweep_override():
             raise UserError(f"'{arg}' is a sweep; give a factor's options as a list instead, "
                             f"e.g. factors.TRICK=[OPTION_A,OPTION_B]")
@@ -134,6 +149,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"'{arg}': only plain key=value overrides are supported")
         key = override.key_or_group
         value = _plain(override.value())
+        check_integer_size(key, value)
         if "${" in str(value):
             # OmegaConf would resolve it later, reading the environment or failing with a
             # traceback; a command line means its values literally.
@@ -259,6 +275,9 @@ def _rounds(settings: Mapping[str, Any], default: Sequence[int], budget_cap: int
 
 
 MORE_SEEDS_PREFIX = "seeds=+"
+# Seeds one seeds=+N may add: the new trials are listed, queued and checked one by one, so a
+# typo such as +10000000 would stall the command before it trains anything.
+MAX_NEW_SEEDS = 1000
 
 
 def _more_seeds(args: Sequence[str]) -> int:
@@ -270,10 +289,14 @@ def _more_seeds(args: Sequence[str]) -> int:
               if arg.startswith(MORE_SEEDS_PREFIX)]
     if not counts:
         return 0
-    if len(counts) > 1 or not counts[0].isdigit() or int(counts[0]) < 1:
+    digits = counts[0].lstrip("0")  # read as text first: int() refuses 4300 digits and more
+    if len(counts) > 1 or not counts[0].isdigit() or not digits:
         raise UserError(f"seeds=+N adds N new seeds; N must be one positive integer, got "
-                        f"{', '.join(MORE_SEEDS_PREFIX + c for c in counts)}")
-    return int(counts[0])
+                        f"{', '.join(MORE_SEEDS_PREFIX + c[:40] for c in counts)}")
+    if len(digits) > len(str(MAX_NEW_SEEDS)) or int(digits) > MAX_NEW_SEEDS:
+        raise UserError(f"seeds=+{abbreviated(digits)} adds too many seeds to be meant; at most "
+                        f"{MAX_NEW_SEEDS} at once (each one trains every config again)")
+    return int(digits)
 
 
 def _present_seeds(tracking_uri: str, study: str, budget: str, default: Sequence[int],
@@ -319,7 +342,7 @@ def _launch(settings: Mapping[str, Any]) -> Launch:
     partition = settings["slurm.partition"]
     slurm = SlurmSettings(
         cluster=settings["slurm.cluster"],
-        partition=None if partition is None else str(partition),
+        partition=None if partition is None else check_slurm_partition(str(partition)),
         time=_positive_int("slurm.time", settings["slurm.time"]),
         gpus_per_task=_count("slurm.gpus_per_task", settings["slurm.gpus_per_task"]),
         cpus_per_task=_positive_int("slurm.cpus_per_task", settings["slurm.cpus_per_task"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import unicodedata
 from collections.abc import Iterable
 
 
@@ -23,9 +24,31 @@ def unknown_choice(kind: str, name: object, choices: Iterable[str]) -> UserError
     return UserError(f"unknown {kind} '{name}'{maybe}; choose one of: {', '.join(choices)}")
 
 
+def one_line(text: str) -> str:
+    r"""Return ``text`` on one line, with every control character escaped as ``\xNN``.
+
+    Messages echo what the user typed; a raw escape sequence in it would recolour or rewrite the
+    terminal, and a newline would split the one line a script reads.
+    """
+    folded = " ".join(text.split())
+    return "".join(_escaped(char) for char in folded)
+
+
+def _escaped(char: str) -> str:
+    if unicodedata.category(char) not in ("Cc", "Cf"):  # control and invisible format characters
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def abbreviated(text: str, limit: int = 40) -> str:
+    """Return ``text``, or its start and its length when longer than ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:20]}... ({len(text)} characters)"
+
+
 def error_line(exc: BaseException) -> str:
     """Return ``error: <message>`` on one line, however many lines the message had."""
-    return "error: " + " ".join(str(exc).split())
+    return "error: " + one_line(str(exc))
 
 
 def crash_line(exc: BaseException, program: str) -> str:
@@ -42,5 +65,5 @@ def crash_line(exc: BaseException, program: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = Path(tempfile.gettempdir()) / f"{program}-crash-{stamp}-{os.getpid()}.log"
     log.write_text("".join(traceback.format_exception(exc)))
-    return (f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+    return (f"error: unexpected {type(exc).__name__}: {one_line(str(exc))[:300]} "
             f"(traceback in {log}; please report it)")

@@ -20,7 +20,7 @@ import math
 import sys
 from pathlib import Path
 
-from harness.errors import UserError, crash_line, error_line, unknown_choice
+from harness.errors import UserError, abbreviated, crash_line, error_line, unknown_choice
 
 DEFAULTS = {
     "study": None,
@@ -95,7 +95,8 @@ def _margin(text: str) -> float:
     except ValueError:
         margin = math.nan
     if not 0 < margin < 1e9:
-        raise UserError(f"margin must be a positive number of accuracy points, got {text!r}")
+        raise UserError(f"margin must be a positive number of accuracy points, got "
+                        f"{abbreviated(text)!r}")
     return margin
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks import (
+    check_can_submit,
     check_device,
     check_device_fit,
     check_driver,
@@ -37,6 +38,7 @@ from harness.optimizers import OPTIMIZERS
 from harness.recipe import Recipe
 from harness.schedules import SCHEDULES
 from harness.study.storage import default_storage
+from harness.train import usable_cores
 
 # Torch seeds are 64-bit, but the derived trial seed is taken mod 2**31 (see plan.torch_seed):
 # larger replicate seeds would collide for no gain.
@@ -58,6 +60,7 @@ def check_run(cfg: RunConfig) -> None:
     for recipe in recipes:
         check_recipe(recipe)
     check_trial_devices(cfg, recipes)
+    check_workers(cfg)
     check_data_root(cfg.recipe.data.root)
     check_stores(cfg.tracking_uri, cfg.storage, cfg.study.name)
     if cfg.out is not None:
@@ -164,6 +167,45 @@ def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
                              sync_bn=sync_bn, cuda_count=gpus)
 
 
+def check_workers(cfg: RunConfig, cores: int | None = None, gpus: int | None = None) -> None:
+    """Check that ``workers`` is no more than the study's trials and this machine can use.
+
+    A worker beyond the trials has nothing to claim. A local worker beyond the cores (or the
+    GPU slots, ``trials_per_gpu`` per GPU, where there are more of those) would only share a
+    core with another and slow both; a Slurm worker runs on a node of its own, so there only
+    the trials count (``slurm.cluster=local`` runs the array here, so the machine counts too).
+    ``launcher=slurm`` must also be able to submit from here.
+
+    Args:
+        cfg: The run.
+        cores: CPU cores this process may use; None asks the OS.
+        gpus: GPUs visible here; None asks torch.
+    """
+    launch = cfg.launch
+    if launch.launcher == "slurm":
+        check_can_submit(launch.slurm.cluster)
+    if launch.workers == "auto":  # one per GPU slot, so within what the machine has
+        return
+    trials = cfg.plan().total_trials
+    limits = [(trials, f"the study has {trials} trial(s), one per worker at most")]
+    if launch.launcher == "local" or launch.slurm.cluster == "local":
+        if cores is None:
+            cores = usable_cores()
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        slots = gpus * launch.trials_per_gpu
+        here = f"{cores} core(s)" + (f" and {gpus} GPU(s) × trials_per_gpu="
+                                     f"{launch.trials_per_gpu}" if gpus else "")
+        limits.append((max(cores, slots), f"this machine has {here}, and a worker more would "
+                                          f"only share one with another"))
+    cap, why = min(limits)
+    if launch.workers > cap:
+        raise UserError(f"workers={launch.workers} is more than can be used: {why}; use "
+                        f"workers={cap} or fewer")
+
+
 def check_data_root(root: str) -> None:
     """Check that the data root is a name the file system allows, and a folder if it exists."""
     path = check_path_names("data.root", root)
@@ -200,7 +242,9 @@ def check_storage_target(storage: str) -> None:
     if "://" in storage:
         check_driver("storage", storage)
         if storage.startswith("sqlite:///"):
-            check_optuna_sqlite("storage", storage.removeprefix("sqlite:///"))
+            path = check_optuna_sqlite("storage", storage.removeprefix("sqlite:///"))
+            if not path.parent.is_dir():  # SQLite creates the file, never its folder
+                raise UserError(f"storage '{storage}': folder '{path.parent}' does not exist")
         return
     check_journal("storage", Path(storage.removeprefix("journal:")))
 

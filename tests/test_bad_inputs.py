@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import typing
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -22,8 +25,25 @@ from mlflow.tracking import MlflowClient
 
 from harness import export as export_cli
 from harness import run as run_cli
+from harness.config import build_config, recipe_keys
+from harness.recipe import field_types
 
 LONG = "x" * 300  # longer than any file system's 255-byte name limit
+HUGE = "9" * 5000  # past Python's 4300-digit limit of int()
+VERY_LARGE = "9" * 4000  # readable, yet far past int64: once passed --dry-run, then crashed
+SETTINGS_INTEGER_KEYS = ("n_trials", "workers", "trials_per_gpu", "resolution", "slurm.time",
+                         "slurm.gpus_per_task", "slurm.cpus_per_task", "slurm.array_parallelism")
+
+
+def recipe_integer_keys() -> list[str]:
+    """Every recipe key whose type holds an integer, e.g. trainer.epochs and data.train_size."""
+    keys = []
+    for key in recipe_keys():
+        section, name = key.split(".", 1)
+        hint = field_types(section)[name]
+        if hint is int or int in typing.get_args(hint):
+            keys.append(key)
+    return [*keys, "seed"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +60,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bad_recipe": root / "bad_recipe.yaml", "bad_factors": root / "bad_factors.yaml",
         "low_high": root / "low_high.yaml", "bad_kind": root / "bad_kind.yaml",
         "not_mapping": root / "not_mapping.yaml",
+        "huge_yaml": root / "huge_number.yaml", "large_yaml": root / "large_number.yaml",
     }
     home.mkdir()
     paths["text"].write_text("not a database\n")
@@ -52,6 +73,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "search: {optimizer.lr: {low: 0.5, high: 0.1, log: true}}\n")
     paths["bad_kind"].write_text("kind: lattice\nfactors: {stem: [none, deep]}\n")
     paths["not_mapping"].write_text("- just\n- a list\n")
+    for name, number in (("huge_yaml", HUGE), ("large_yaml", VERY_LARGE)):
+        paths[name].write_text(f"kind: grid\nfactors: {{stem: [none, deep]}}\n"
+                               f"recipe: {{trainer: {{epochs: {number}}}}}\n")
     with sqlite3.connect(paths["optuna_db"]) as db:  # a table Optuna's schema has, no MLflow's
         db.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
         db.execute("CREATE TABLE alembic_version (version_num TEXT)")
@@ -156,12 +180,43 @@ RUN_CASES = [
     ("mysql without a driver", ["tracking_uri=mysql://u@127.0.0.1/db"]),
     ("unknown storage scheme", ["storage=redis://127.0.0.1/0"]),
     ("storage mysql without a driver", ["storage=mysql://u@127.0.0.1/db"]),
+    # numbers too large to be meant, in every integer key
+    *((f"huge {key}", [f"{key}={HUGE}"]) for key in
+      (*recipe_integer_keys(), *SETTINGS_INTEGER_KEYS)),
+    ("huge seed in a list", [f"seeds=[0,{HUGE}]"]),
+    ("huge seeds to add", [f"seeds=+{HUGE}"]),
+    ("too many seeds to add", ["seeds=+100000"]),
+    ("very large epochs", [f"trainer.epochs={VERY_LARGE}"]),
+    ("int64 overflow batch", [f"trainer.batch_size={2**63}"]),
+    ("huge number in a study file", ["study={huge_yaml}"]),
+    ("very large number in a study file", ["study={large_yaml}"]),
+    ("huge hook value", ["trainer.hooks={{ema:{{decay:" + HUGE + "}}}}"]),  # {{ for fill()
+    # more workers than the trials or the machine can use; Slurm names
+    ("ten thousand workers", ["workers=10000"]),
+    ("slurm-local workers past the cores", ["launcher=slurm", "slurm.cluster=local",
+                                            "workers=17"]),
+    ("partition with a space", ["launcher=slurm", "workers=2", "slurm.partition=gpu queue"]),
+    ("partition with a semicolon", ["slurm.partition=gpu;rm"]),
+    # paths that cannot be written, even by root
+    ("storage in /proc", ["storage=/proc/x.journal"]),
+    ("out in /proc", ["out=/proc/harness-report"]),
+    ("sqlite storage in a missing folder", ["storage=sqlite:////nonexistent_dir/x.db"]),
+    ("sqlite storage in /proc", ["storage=sqlite:////proc/x.db"]),
+    ("tracking db in /proc", ["tracking_uri=sqlite:////proc/m.db"]),
+    # characters the grammar or a terminal cannot take as they are
+    ("unquoted non-ascii path", ["data.root=/tmp/dätä"]),
+    ("unquoted escape sequence", ["data.root=/tmp/a\x1b[31mb"]),
+    ("quoted escape sequence", ['data.root="/tmp/a\x1b]0;pwned\x07b"']),
+    ("quoted newline", ['out="/tmp/a\nb"']),
+    ("bidi override", ["study=\u202etricks"]),
 ]
 
 # A sample without --dry-run: the checks must stop these before any training or store write.
 REAL_RUN_CASES = {"unknown schedule", "negative seed", "mps on linux", "out is a file",
                   "storage is the mlflow db", "storage url is the mlflow db", "nan lr",
-                  "search low above high", "tracking uri is a text file"}
+                  "search low above high", "tracking uri is a text file", "very large epochs",
+                  "storage in /proc", "out in /proc", "sqlite storage in a missing folder",
+                  "ten thousand workers"}
 
 EXPORT_CASES = [
     ("export unknown study", ["study=nope"]),
@@ -173,6 +228,10 @@ EXPORT_CASES = [
     ("export out is a file", ["study=tricks", "out={text}"]),
     ("export out under a file", ["study=tricks", "out={text}/inner/report"]),
     ("export unknown parent", ["study=tricks", "parent=0123456789abcdef"]),
+    ("export out in /proc", ["study=tricks", "out=/proc/harness-report"]),
+    ("export tracking db in /proc", ["study=tricks", "tracking_uri=sqlite:////proc/m.db"]),
+    ("export huge margin", ["study=tricks", f"margin={HUGE}"]),
+    ("export escape sequence", ["study=tricks\x1b[2J"]),
     ("export no study", []),
 ]
 
@@ -199,6 +258,8 @@ def expect_one_error_line(capsys: pytest.CaptureFixture, code: int) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
+    # What the user typed is echoed escaped: no raw escape sequence reaches the terminal.
+    assert not [c for c in lines[0] if unicodedata.category(c) in ("Cc", "Cf")], lines[0]
     return lines[0]
 
 
@@ -244,9 +305,66 @@ def test_same_command_from_another_folder_trains_nothing_again(store, capsys, tm
     capsys.readouterr()
 
 
+def test_the_same_data_through_another_path_trains_nothing_again(store, capsys, tmp_path):
+    """A trial is what its data is (the digest), not where it lives: a symlink or a move."""
+    argv = base(store) + ["stem=none", "init=default", "optimizer=sgd"]
+    before = snapshot(store)[0]
+    linked = tmp_path / "linked"
+    linked.symlink_to(store["images"], target_is_directory=True)
+    moved = shutil.copytree(store["images"], tmp_path / "moved" / "images")
+    for root in (linked, moved):
+        assert run_cli.main([*argv, f"data.root={root}"]) == 0
+        assert "already done, 0 to run" in capsys.readouterr().out
+    assert snapshot(store)[0] == before  # no run trained again, no new parent run
+
+
 def test_a_real_process_prints_one_line_and_exits_2(store):
     done = subprocess.run([sys.executable, "-m", "harness.run", *base(store), "device=tpu"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+def test_slurm_without_srun_leaves_a_finished_store_as_it_was(store, capsys, tmp_path,
+                                                               monkeypatch):
+    """The launcher finds it cannot submit before the study's stores are opened."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no srun, no sbatch
+    before = snapshot(store)
+    argv = base(store) + ["stem=none", "init=default", "optimizer=sgd", "launcher=slurm",
+                          "workers=2"]
+    for flags in (["--dry-run"], []):
+        line = expect_one_error_line(capsys, run_cli.main(argv + flags))
+        assert "srun" in line or "submitit" in line, line
+    assert snapshot(store) == before  # the finished parent run is not set back to RUNNING
+
+
+def test_a_grammar_error_says_how_to_quote(store, capsys):
+    line = expect_one_error_line(capsys, run_cli.main(base(store) + ["data.root=/tmp/dätä",
+                                                                     "--dry-run"]))
+    assert "quote a path with spaces or non-ASCII characters" in line, line
+    assert """'data.root="/tmp/dätä"'""" in line, line
+    quoted = build_config(["study=tricks", "budget=smoke", 'data.root="/tmp/dätä x"'])
+    assert quoted.recipe.data.root == "/tmp/dätä x"  # the fix the line names works
+
+
+def test_control_characters_are_escaped_in_the_line(store, capsys):
+    line = expect_one_error_line(capsys, run_cli.main(base(store) + ["data.root=/a\x1b[31mb",
+                                                                     "--dry-run"]))
+    assert "\\x1b[31m" in line, line
+
+
+def test_workers_are_capped_by_the_cores_gpus_and_trials():
+    from harness.errors import UserError
+    from harness.preflight import check_workers
+
+    cfg = build_config(["study=tricks", "budget=smoke", "workers=12"])  # 16 trials
+    check_workers(cfg, cores=12, gpus=0)
+    with pytest.raises(UserError, match=r"this machine has 2 core\(s\) and 3 GPU\(s\).*"
+                                        r"use workers=3 or fewer"):
+        check_workers(cfg, cores=2, gpus=3)
+    packed = build_config(["study=tricks", "budget=smoke", "workers=12", "trials_per_gpu=4"])
+    check_workers(packed, cores=2, gpus=3)  # 12 GPU slots
+    many = build_config(["study=tricks", "budget=smoke", "workers=17"])
+    with pytest.raises(UserError, match=r"the study has 16 trial\(s\).*use workers=16 or fewer"):
+        check_workers(many, cores=64, gpus=8)

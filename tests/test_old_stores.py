@@ -4,6 +4,11 @@
 harness as it was before this change (``study=tricks budget=smoke 'seeds=[0,1]'``, 32 trials),
 with the effects.csv that version exported beside it. Its runs have no per-example results, so
 the test set's share must come from the bound, and ``ci_source`` must say so.
+
+``tests/data/old-store-relative-root.tar.gz`` is a store written before ``data.root`` left trial
+identities and study keys (``stem=none init=default optimizer=sgd`` of the smoke tricks grid, 2
+trials, run in ``/tmp/harness-old-store`` with ``data.root=images``): resumed with the same data,
+where it was or through another path, it trains nothing again.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import gzip
 import shutil
 import sqlite3
+import tarfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_learnable_folder
 
+from harness import run as run_cli
 from harness.export import main
 from harness.report.effects import HELPS, HURTS
 
@@ -81,3 +89,41 @@ def test_the_margin_is_a_report_setting(exported, tmp_path, capsys):
     assert main([*base, f"out={tmp_path / 'bad'}", "margin=abc"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error == ["error: margin must be a positive number of accuracy points, got 'abc'"]
+
+
+RELATIVE_ROOT_STORE = DATA / "old-store-relative-root.tar.gz"
+RELATIVE_ROOT_FOLDER = "file:///tmp/harness-old-store"  # where that store was written
+
+
+def trial_and_parent_runs(database: Path) -> tuple[int, int]:
+    with sqlite3.connect(database) as connection:
+        rows = dict(connection.execute(
+            "SELECT value, count(*) FROM tags WHERE key = 'harness.role' GROUP BY value"))
+    return rows.get("trial", 0), rows.get("parent", 0)
+
+
+def test_a_store_written_before_trains_nothing_again_wherever_its_data_now_is(
+        tmp_path, capsys, monkeypatch):
+    with tarfile.open(RELATIVE_ROOT_STORE) as packed:
+        packed.extractall(tmp_path, filter="data")
+    database = tmp_path / "mlruns" / "mlflow.db"
+    with sqlite3.connect(database) as connection:  # its artifacts now live here
+        for table, column in (("runs", "artifact_uri"), ("experiments", "artifact_location")):
+            connection.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)",
+                               (RELATIVE_ROOT_FOLDER, tmp_path.as_uri()))
+    monkeypatch.chdir(tmp_path)
+    make_learnable_folder(tmp_path / "images")  # the same images: the same dataset digest
+    (tmp_path / "linked").symlink_to(tmp_path / "images", target_is_directory=True)
+    argv = ["study=tricks", "budget=smoke", "progress=false", "device=cpu",
+            "data.name=imagefolder", "data.train_size=48", "data.val_size=24",
+            "data.test_size=null", "tracking_uri=sqlite:///mlruns/mlflow.db", "out=export",
+            "stem=none", "init=default", "optimizer=sgd"]
+    assert trial_and_parent_runs(database) == (2, 1)
+
+    assert run_cli.main([*argv, "data.root=images"]) == 0  # where it was: its own study resumes
+    assert "resuming: 2 trial(s) already done, 0 to run" in capsys.readouterr().out
+    assert trial_and_parent_runs(database) == (2, 1)
+
+    assert run_cli.main([*argv, f"data.root={tmp_path / 'linked'}"]) == 0  # another path
+    assert "growing: 2 reused, 0 to run" in capsys.readouterr().out
+    assert trial_and_parent_runs(database)[0] == 2  # its runs are adopted, none trained

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.checks import check_can_submit
 from harness.errors import UserError
 from harness.study.launch import Launch, SlurmSettings
 from harness.study.plan import Plan
@@ -131,6 +132,8 @@ def run_study(plan: Plan, launch: Launch, announce: Callable[[str], None] = prin
         What this command did. ``interrupted`` is set when Ctrl-C stopped it; the runs in flight
         are then KILLED and their trials queued again by the next start.
     """
+    if launch.launcher == "slurm":  # before any store is opened: a refusal changes nothing
+        check_can_submit(launch.slurm.cluster)
     plan = dataclasses.replace(plan, tracking_uri=check_tracking_uri(plan.tracking_uri))
     gpus = visible_gpus(plan.device) if launch.launcher == "local" else []
     workers = resolve_workers(launch.workers, gpus, launch.trials_per_gpu)

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,9 @@ class Plan:
     command_line: tuple[str, ...] = ()
     rerun: bool = False  # train every trial again, even those with a finished run
     data_digest: str = ""  # the base data set's digest; set once the study is prepared
+    # The key a store begun before data.root left the key knows this study by; set when the
+    # study is prepared and such a store holds it, so it resumes (see reuse.earlier_study).
+    resumed_key: str = ""
 
     @property
     def name(self) -> str:
@@ -76,7 +80,7 @@ class Plan:
     @functools.cached_property
     def key(self) -> str:
         """A short hash of everything that defines the trials (see :func:`study_key`)."""
-        return study_key(self)
+        return self.resumed_key or study_key(self)
 
     @property
     def optuna_study_name(self) -> str:
@@ -103,6 +107,10 @@ class Plan:
         ``seed`` is the replicate seed of the study's ``seeds``; the recipe's seed is derived
         from it and the recipe after its toggles (:func:`torch_seed`).
         """
+        recipe = self._tricked(toggles, numeric)
+        return dataclasses.replace(recipe, seed=torch_seed(recipe, seed))
+
+    def _tricked(self, toggles: dict[str, str], numeric: dict[str, float] | None) -> Recipe:
         recipe = self.recipe
         if numeric:
             values = recipe.to_dict()
@@ -110,14 +118,30 @@ class Plan:
                 section, name = key.split(".", 1)
                 values[section][name] = value
             recipe = Recipe.from_dict(values)
-        recipe = apply_toggles(recipe, toggles)
-        return dataclasses.replace(recipe, seed=torch_seed(recipe, seed))
+        return apply_toggles(recipe, toggles)
 
     def identity(self, recipe: Recipe, seed: int) -> str:
         """Return the identity of the trial that trains ``recipe`` for replicate ``seed``."""
         if not self.data_digest:
             raise RuntimeError("a trial's identity needs the data digest: prepare the study first")
         return trial_identity(recipe, seed, self.budget, self.data_digest)
+
+    def earlier_identities(self, cell: Cell, roots: Iterable[str]) -> list[str]:
+        """Return a grid cell's identities as stores written before hold them, one per root.
+
+        Those identities, and the torch seeds inside them, hashed ``data.root`` too; ``roots``
+        are the data roots the store's runs were trained from.
+        """
+        if not self.data_digest:
+            raise RuntimeError("a trial's identity needs the data digest: prepare the study first")
+        tricked = self._tricked(cell.toggles, None)
+        identities = []
+        for root in roots:
+            placed = dataclasses.replace(tricked, data=dataclasses.replace(tricked.data, root=root))
+            seeded = dataclasses.replace(placed, seed=torch_seed(placed, cell.seed, with_root=True))
+            identities.append(trial_identity(seeded, cell.seed, self.budget, self.data_digest,
+                                             with_root=True))
+        return identities
 
     def cell_identities(self) -> dict[str, str]:
         """Return each grid cell's queue key → its identity."""
@@ -166,17 +190,26 @@ def run_name(toggles: dict[str, str], seed: int) -> str:
     return f"{'+'.join(changed) or 'baseline'} s{seed}"
 
 
-def study_key(plan: Plan) -> str:
+def study_key(plan: Plan, *, with_root: bool = False) -> str:
     """Return a short hash of everything that defines the study's trials.
 
     The same command gives the same key, so it resumes; a changed recipe, factor or seed list
     gives a new key, so results of different setups never mix in one Optuna study (a grown study
     still reuses the finished trials of the old one, by their identity). ``rerun=true`` is a
-    study of its own, so it trains every trial again and resumes like any other.
+    study of its own, so it trains every trial again and resumes like any other. Where the data
+    lives (``data.root``) is left out, as from trial identities: the same data through another
+    path is the same study.
+
+    Args:
+        plan: The study.
+        with_root: Hash ``data.root`` too: the key as stores written before hold it.
     """
+    recipe = plan.recipe.to_dict()
+    if not with_root:
+        recipe["data"].pop("root")
     content = {
         "study": plan.study, "budget": plan.budget, "kind": plan.design.study_kind,
-        "recipe": plan.recipe.to_dict(), "configs": list(plan.configs),
+        "recipe": recipe, "configs": list(plan.configs),
         "seeds": list(plan.seeds), "factors": plan.factors, "fixed": plan.fixed,
         "search": {k: dataclasses.asdict(v) for k, v in plan.search.items()},
     }
@@ -187,7 +220,7 @@ def study_key(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def torch_seed(recipe: Recipe, replicate: int) -> int:
+def torch_seed(recipe: Recipe, replicate: int, *, with_root: bool = False) -> int:
     """Return the seed a trial trains with, derived from its recipe and its replicate seed.
 
     Configs that shared one seed would share their initial weights wherever their networks
@@ -195,16 +228,18 @@ def torch_seed(recipe: Recipe, replicate: int) -> int:
     nearly the same amount every time, and an effect's spread over partners would hide the noise
     a new seed brings. Deriving the seed from (recipe, replicate) makes every trial an
     independent draw, while the same recipe and replicate always get the same seed. It is
-    derived from what the recipe computes (tricks applied, their names left out), not from the
-    toggles: a factor added to a study at its neutral default leaves the seeds, and so the
-    identities, of the configs that were there before unchanged. The derived seed is logged
+    derived from what the recipe computes (tricks applied; their names and the data root left
+    out), not from the toggles: a factor added to a study at its neutral default leaves the
+    seeds, and so the identities, of the configs that were there before unchanged; the same
+    data through another path keeps them too. The derived seed is logged
     (``Recipe.seed``, tag ``harness.torch_seed``), so a run is reproducible from what MLflow
     holds.
 
     Args:
         recipe: The trial's recipe with its tricks applied (its own ``seed`` is the base seed).
         replicate: The replicate seed of the study's ``seeds``.
+        with_root: Hash ``data.root`` too, as the seeds of runs in stores written before did.
     """
-    content = json.dumps({"recipe": computed_content(recipe), "replicate": replicate},
-                         sort_keys=True, default=str)
+    content = json.dumps({"recipe": computed_content(recipe, with_root=with_root),
+                          "replicate": replicate}, sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(content.encode()).digest()[:4], "big") % (2**31)

@@ -7,6 +7,11 @@ MLflow experiment is **adopted**: the run gets the tag ``harness.adopted_by.<par
 (the report reads a study's own and its adopted runs) and the Optuna study a COMPLETE trial with
 the run's objective, so the queue counts the cell as done and no worker trains it.
 
+Runs of stores written before ``data.root`` left the identity carry identities that hash their
+data root too. A cell is matched against that form as well, for each data root the store's runs
+were trained from, so such a store's runs are found wherever the same data now lives; and a
+study such a store holds resumes under the key it was begun with (:func:`earlier_study`).
+
 One identity has one run that counts, store-wide: when a run finishes and an older FINISHED run
 of its identity exists (``rerun=true``, or two studies that trained the same trial at once), the
 older one gets ``harness.replaced_by`` and the new one ``harness.replaces``. Nothing is deleted.
@@ -14,17 +19,22 @@ older one gets ``harness.replaced_by`` and the new one ``harness.replaces``. Not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import optuna
+from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from harness.study.plan import Plan
+from harness.study.plan import Plan, study_key
 from harness.study.queue import IDENTITY_ATTR, REUSED_ATTR, RUN_ATTR, covers, key_of
 from harness.tracking import Tag, Tracker
+
+ROOT_PARAM = "data.root"  # the MLflow param of a trial run's data root (Recipe.flat)
 
 
 def counted_runs(runs: Iterable[Run]) -> dict[str, Run]:
@@ -68,13 +78,16 @@ def adopt_finished(plan: Plan, study: optuna.Study, tracker: Tracker, experiment
     if not identities:
         return 0
     counted = counted_runs(tracker.finished_trials(experiment_id))
+    roots = sorted({run.data.params.get(ROOT_PARAM) for run in counted.values()} - {None})
     labels = list(plan.labels())
     distributions = {"config": CategoricalDistribution(labels),
                      "seed": CategoricalDistribution(list(plan.seeds))}
     cells = {cell.key: cell for cell in plan.cells()}
     adopted = 0
     for key, identity in identities.items():
-        run = counted.get(identity)
+        run = counted.get(identity) or next(
+            (counted[earlier] for earlier in plan.earlier_identities(cells[key], roots)
+             if earlier in counted), None)
         value = None if run is None else objective_value(run, plan.objective)
         if run is None or value is None:
             continue
@@ -88,6 +101,34 @@ def adopt_finished(plan: Plan, study: optuna.Study, tracker: Tracker, experiment
         ))
         adopted += 1
     return adopted
+
+
+def earlier_study(plan: Plan) -> Plan:
+    """Return ``plan`` with the key its store knows it by, when that store was begun before.
+
+    Study keys hashed ``data.root`` until it left them: a parent run of that key, for the same
+    data root, is the same study, and resumes under its key rather than starting a new one. Only
+    reads, and opens nothing that does not exist yet.
+    """
+    uri = plan.tracking_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file() or path.stat().st_size == 0:  # nothing begun there yet
+            return plan
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(plan.name)
+    if experiment is None:
+        return plan
+
+    def has_parent(key: str) -> bool:
+        return bool(client.search_runs(
+            [experiment.experiment_id], max_results=1,
+            filter_string=f"tags.`{Tag.STUDY_KEY}` = '{key}' and tags.`{Tag.ROLE}` = 'parent'"))
+
+    earlier = study_key(plan, with_root=True)
+    if has_parent(plan.key) or not has_parent(earlier):
+        return plan
+    return dataclasses.replace(plan, resumed_key=earlier)
 
 
 def reused_count(study: optuna.Study) -> int:

@@ -39,7 +39,7 @@ from harness.study.queue import (
     Owner,
     TrialQueue,
 )
-from harness.study.reuse import adopt_finished, reused_count, supersede
+from harness.study.reuse import adopt_finished, earlier_study, reused_count, supersede
 from harness.study.storage import default_storage, heartbeat_interval, open_storage, queue_lock
 from harness.tracking import Tag, Tracker
 from harness.train import device_name, fit, resolve_device
@@ -166,7 +166,7 @@ def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = pri
     # Load the data before anything is written, so a bad data path fails cleanly. Its digest
     # completes the plan: every trial's identity needs it (harness.study.identity).
     data = prepare_data(plan.recipe.data, device)
-    plan = dataclasses.replace(plan, data_digest=data.digest)
+    plan = earlier_study(dataclasses.replace(plan, data_digest=data.digest))
     session = StudySession(plan)
     tracker = session.tracker
     with session.lock:

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from harness.checks import check_path_names
+from harness.checks import MAX_INTEGER, check_integer_size, check_path_names
 from harness.errors import UserError, unknown_choice
 from harness.study.designs import DESIGNS, Design, design_from
 from harness.tricks import TRICKS, load_tricks
@@ -163,6 +163,13 @@ def load_study(name: str) -> StudySpec:
         raise UserError(f"study file {path} is not text: a study is a YAML file") from None
     except OSError as exc:
         raise UserError(f"cannot read study file {path}: {exc.strerror}") from None
+    except ValueError:  # YAML's int() of a number past Python's 4300-digit limit
+        raise UserError(f"study file {path} holds a number too large to be meant; integers "
+                        f"there are at most {MAX_INTEGER} (2**63-1)") from None
+    try:
+        check_integer_size("", raw)
+    except UserError as exc:
+        raise UserError(f"study file {path}: {exc}") from None
     return parse_study(path.stem, raw, str(path))
 
 
