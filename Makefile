@@ -15,6 +15,8 @@ PORT ?= 5000
 # so it can run beside make ui.
 DASHBOARD_PORT = $(if $(filter file,$(origin PORT)),8080,$(PORT))
 STORAGE ?=
+# Where make services keeps PostgreSQL's data; as root, the postgres user must reach it.
+SERVICES_DIR ?= mlruns/services
 
 .PHONY: run test lint data ui dashboard benchmark export results services services-stop clean help
 
@@ -27,7 +29,7 @@ help:
 	@echo "make export [ARGS='study=tricks']              write the ablation CSVs"
 	@echo "make results [ARGS='study=tricks']             list the studies; a study's verdict again"
 	@echo "make benchmark [ARGS=--quick]                  training throughput, side by side"
-	@echo "make services                                  local PostgreSQL + MLflow server for many workers"
+	@echo "make services [SERVICES_DIR=mlruns/services]   local PostgreSQL + MLflow server for many workers"
 	@echo "make services-stop                             stop them"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -78,13 +80,13 @@ dashboard: $(STAMP)
 benchmark: $(STAMP) data
 	$(PY) benchmarks/throughput.py $(ARGS)
 
-# PostgreSQL (data in mlruns/services/) and an MLflow server on it, both on 127.0.0.1. The last
+# PostgreSQL (data in $(SERVICES_DIR)) and an MLflow server on it, both on 127.0.0.1. The last
 # line printed is the storage= and tracking_uri= overrides for every worker.
 services: $(STAMP)
-	@$(PY) -m harness.study.services start
+	@$(PY) -m harness.study.services start --folder '$(SERVICES_DIR)'
 
 services-stop: $(STAMP)
-	@$(PY) -m harness.study.services stop
+	@$(PY) -m harness.study.services stop --folder '$(SERVICES_DIR)'
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

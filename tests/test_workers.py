@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import pandas as pd
 import pytest
 
+from harness.study.queue import is_result, key_of
 from tests.conftest import make_learnable_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,3 +181,86 @@ def test_three_workers_on_postgresql_survive_a_sigkill(images, tmp_path, service
     again = [r for r in runs if r.info.status == "FINISHED"
              and r.data.tags["harness.toggles"] == dead[0].data.tags["harness.toggles"]]
     assert len(again) == 1
+
+
+def can_unshare_pid() -> bool:
+    """Whether this machine lets us start a process in a pid namespace of its own."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def harness_on_its_own_host(args: list[str], core: int) -> subprocess.Popen[str]:
+    """Start a worker command in a pid namespace of its own, pinned to one core.
+
+    Another pid namespace is another host to the harness (``harness.study.queue.this_machine``):
+    no other worker can judge its trials by their pid, so only the storage's heartbeat can.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    return subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "harness.run", *args],
+        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cores[core % len(cores)]}))
+
+
+def worker_pid(launcher: subprocess.Popen[str]) -> int:
+    """Return the pid, in this namespace, of the worker that ``unshare`` forked."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    return int(children[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_unshare_pid(), reason="cannot start a pid namespace (unshare --pid)")
+def test_optuna_heartbeat_on_an_rdb_storage_keeps_live_trials_and_reruns_a_killed_one(
+        images, tmp_path):
+    # Four configs; trials of several seconds, and a grace period shorter than one trial, so a
+    # trial lives only as long as its heartbeat says. Each worker runs as if on its own host.
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = [*study_args(images, tmp_path)[:-2], f"storage={storage}", f"out={tmp_path}/report",
+            "depth=resnet18", "init=default", "trainer.epochs=30", "trainer.batch_size=4",
+            "optimizer.lr=0.01", "stale_after=5"]
+    launchers = [harness_on_its_own_host(args, core) for core in range(3)]
+    victim = launchers[0]
+    seen = []
+    for line in victim.stdout:
+        seen.append(line)
+        if line.startswith("trial "):
+            time.sleep(0.5)
+            os.kill(worker_pid(victim), signal.SIGKILL)
+            break
+    victim.communicate(timeout=30)
+    assert seen and seen[-1].startswith("trial "), "".join(seen)
+    killed = int(seen[-1].split()[1].rstrip(":"))
+    outputs = [launcher.communicate(timeout=600)[0] for launcher in launchers[1:]]
+    for launcher, out in zip(launchers[1:], outputs):
+        assert launcher.returncode == 0, out
+        assert "declared dead" not in out, out
+
+    study_name = optuna.get_all_study_names(storage)[0]
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
+    # Optuna's heartbeat failed the killed trial (a FAIL without a harness reason), and its
+    # RetryHeartbeatStaleTrialCallback queued the copy that ran it. No other trial was failed
+    # but for a result (a diverged run is one) or a duplicate claim that never ran.
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and not is_result(t)
+              and t.user_attrs.get("failure") != "duplicate"]
+    assert [(t.number, t.user_attrs.get("failure")) for t in failed] == [(killed, None)]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert [is_result(t) for t in retries] == [True]
+    results = [t for t in trials if is_result(t)]
+    assert len(results) == 4 and len({key_of(t) for t in results}) == 4
+    # Every live trial outlasted the grace period and was never declared dead.
+    complete = [t for t in results if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all((t.datetime_complete - t.datetime_start).total_seconds() > 5
+                            for t in complete)
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tricks-smoke")
+    runs = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'trial'")
+    dead = [r for r in runs if r.data.tags["harness.trial"] == str(killed)]
+    assert [(r.info.status, r.data.tags.get("harness.failure")) for r in dead] == [
+        ("KILLED", "stale")]
+    others = [r for r in runs if r not in dead]
+    assert {r.info.status for r in others} <= {"FINISHED", "FAILED"}  # FAILED: diverged
+    assert len(others) == 4 and len({r.data.tags["harness.toggles"] for r in others}) == 4

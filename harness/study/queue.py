@@ -98,9 +98,9 @@ def is_stale(trial: FrozenTrial, stale_after: float, timed: bool, now: float) ->
     """Return whether a RUNNING trial's process is gone.
 
     In this pid namespace the pid tells at once (this process runs no trial while it repairs,
-    so its own pid counts as gone). Otherwise, when ``timed``, the last heartbeat (or the claim,
-    before the first one) must be under ``stale_after`` seconds old; on an RDB storage
-    Optuna's own heartbeat judges the other hosts, and ``timed`` is False.
+    so its own pid counts as gone). Otherwise, when ``timed``, the trial's ``heartbeat`` user
+    attr (or the claim, before the first beat) must be under ``stale_after`` seconds old. On an
+    RDB storage Optuna's own heartbeat judges the other hosts, and ``timed`` is False.
     """
     owner = trial.user_attrs.get(OWNER_ATTR) or {}
     if owner.get("machine") == this_machine():
@@ -171,23 +171,31 @@ class Filled:
 class TrialQueue:
     """The queue of one study, shared by every worker through its storage.
 
+    Who judges a trial that runs on another host is chosen per storage: Optuna's heartbeat on
+    an RDB storage (``fail_stale_trials``, whose ``RetryHeartbeatStaleTrialCallback`` queues the
+    trial again), the harness's own ``heartbeat`` user attr on a journal, which has no heartbeat
+    in Optuna. On one host the owner's pid tells first, on either.
+
     Args:
         study: The Optuna study.
+        storage: The storage the harness opened for the study (``open_storage``). Optuna wraps
+            an RDB storage in a cache inside the study, which hides what kind it is.
         plan: The study's plan (its grid cells, its trial count).
         lock: The queue lock of the study's storage.
         owner: The process that claims through this queue.
         on_stale: Called with each trial that this queue declares dead (to close its run).
     """
 
-    def __init__(self, study: optuna.Study, plan: Plan, lock: AbstractContextManager[None],
-                 owner: Owner, on_stale: Callable[[FrozenTrial], None] = lambda _: None) -> None:
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, plan: Plan,
+                 lock: AbstractContextManager[None], owner: Owner,
+                 on_stale: Callable[[FrozenTrial], None] = lambda _: None) -> None:
         self.study = study
+        self.storage = storage
         self.plan = plan
         self.lock = lock
         self.owner = owner
         self.on_stale = on_stale
-        self.storage = study._storage  # Optuna has no public handle for per-trial writes
-        self.timed = not has_heartbeat(self.storage)
+        self.optuna_heartbeat = has_heartbeat(storage)
 
     def trials(self) -> list[FrozenTrial]:
         """Return every trial of the study, fresh from the storage."""
@@ -208,19 +216,38 @@ class TrialQueue:
 
     def repair(self) -> int:
         """Fail every RUNNING trial whose process is gone; return how many. Hold the lock."""
-        if not self.timed:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)  # Optuna's heartbeat, RDB only
+        failed = self._fail_heartbeat_stale() if self.optuna_heartbeat else 0
         now = time.time()
-        failed = 0
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if is_stale(trial, self.plan.stale_after, self.timed, now):
+            if is_stale(trial, self.plan.stale_after, self._timed(trial), now):
                 try:
                     self.storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, STALE)
                     self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     continue  # it ended meanwhile: nothing to repair
+                self.on_stale(trial)
+                failed += 1
+        return failed
+
+    def _timed(self, trial: FrozenTrial) -> bool:
+        # A trial with a heartbeat user attr on an RDB storage was claimed by a harness from
+        # before Optuna's heartbeat was used; it has no heartbeat row, so only its attr tells.
+        return not self.optuna_heartbeat or HEARTBEAT_ATTR in trial.user_attrs
+
+    def _fail_heartbeat_stale(self) -> int:
+        """Let Optuna fail and queue again the trials whose heartbeat stopped; return how many.
+
+        Their MLflow runs are closed through ``on_stale``, which Optuna knows nothing of.
+        """
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        failed = 0
+        for trial in running:
+            now = self.storage.get_trial(trial._trial_id)
+            # A FAIL without a reason is Optuna's heartbeat; a worker's own end names one.
+            if now.state == TrialState.FAIL and FAILURE_ATTR not in now.user_attrs:
                 self.on_stale(trial)
                 failed += 1
         return failed

@@ -138,7 +138,8 @@ class StudySession:
 
     def queue(self, owner: Owner) -> TrialQueue:
         """Return the study's queue for ``owner``; trials it finds dead get their run closed."""
-        return TrialQueue(self.study, self.plan, self.lock, owner, self._close_dead_run)
+        return TrialQueue(self.study, self.storage, self.plan, self.lock, owner,
+                          self._close_dead_run)
 
     def _close_dead_run(self, trial: FrozenTrial) -> None:
         self.tracker.close_if_running([trial.user_attrs.get(RUN_ATTR, "")], STALE,

@@ -7,7 +7,10 @@ both on 127.0.0.1, and prints as its last line the overrides every worker needs:
     storage=postgresql+psycopg2://postgres@127.0.0.1:54329/optuna tracking_uri=http://127.0.0.1:5001
 
 ``stop`` (``make services-stop``) stops both. PostgreSQL refuses to run as root; as root the
-server runs as the ``postgres`` user through ``runuser``.
+server runs as the ``postgres`` user through ``runuser``, so that user must be able to enter
+every folder above the data. A checkout under ``/root`` (mode 700) is closed to it; choose
+another folder with ``make services SERVICES_DIR=/srv/harness-services`` (``--folder DIR``
+here), and give the same one to ``make services-stop``.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ def start_postgres(folder: Path, port: int) -> str:
     if not (PG_BIN / "pg_ctl").is_file():
         raise UserError(f"no PostgreSQL in {PG_BIN}; install PostgreSQL 15 (Debian: apt-get "
                         f"install postgresql-15) or set PG_BIN to its bin folder")
+    folder = folder.absolute()  # the postgres user may not be able to enter our working folder
     data = folder / "pgdata"
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
+        check_postgres_can_enter(folder)
     if not (data / "PG_VERSION").is_file():
         _check(as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
                             "-U", "postgres"]), "initdb")
@@ -65,6 +70,28 @@ def start_postgres(folder: Path, port: int) -> str:
         if created.returncode != 0 and "already exists" not in created.stderr:
             raise UserError(f"createdb {database}: {created.stderr.strip()}")
     return storage_url(port)
+
+
+def check_postgres_can_enter(folder: Path) -> None:
+    """Raise a UserError when the postgres user cannot enter ``folder``; initdb says less.
+
+    The error names the first folder on the way that is closed to that user, and how to choose
+    another; initdb would only say "could not access directory ...: Permission denied".
+    """
+    if _postgres_can_enter(folder):
+        return
+    closed = next(path for path in [*reversed(folder.parents), folder]
+                  if not _postgres_can_enter(path))
+    mode = closed.stat().st_mode & 0o777
+    raise UserError(f"PostgreSQL runs as the postgres user, which cannot enter {closed} (mode "
+                    f"{mode:o}), so it cannot keep its data in {folder}; choose a folder it can "
+                    f"reach: make services SERVICES_DIR=/srv/harness-services (or --folder DIR)")
+
+
+def _postgres_can_enter(path: Path) -> bool:
+    # Asked of the postgres user itself, so ACLs and group rights count as the kernel counts them.
+    return subprocess.run(as_postgres(["test", "-x", str(path)]),
+                          capture_output=True).returncode == 0
 
 
 def start_mlflow(folder: Path, pg_port: int, port: int) -> str:
@@ -93,6 +120,7 @@ def start_mlflow(folder: Path, pg_port: int, port: int) -> str:
 
 def stop(folder: Path) -> None:
     """Stop the MLflow server and the PostgreSQL server of ``folder``, if they run."""
+    folder = folder.absolute()  # as in start_postgres: pg_ctl runs as the postgres user
     pid_file = folder / "mlflow.pid"
     if pid_file.is_file():
         pid = int(pid_file.read_text())
@@ -112,9 +140,13 @@ def _check(command: list[str], what: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``start`` or ``stop`` the services; ``start`` prints the overrides as its last line."""
-    parser = argparse.ArgumentParser(prog="python -m harness.study.services")
+    parser = argparse.ArgumentParser(prog="python -m harness.study.services",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("start", "stop"))
-    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER,
+                        help=f"where the services keep their data and logs (default "
+                             f"{DEFAULT_FOLDER}; make services SERVICES_DIR=...); as root, the "
+                             f"postgres user must be able to enter every folder above it")
     parser.add_argument("--pg-port", type=int, default=54329)
     parser.add_argument("--mlflow-port", type=int, default=5001)
     args = parser.parse_args(argv)
@@ -128,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"PostgreSQL and MLflow run from {args.folder}; stop them with make services-stop")
+    again = "" if args.folder == DEFAULT_FOLDER else f" SERVICES_DIR={args.folder}"
+    print(f"PostgreSQL and MLflow run from {args.folder}; stop them with make "
+          f"services-stop{again}")
     print(f"storage={storage} tracking_uri={tracking}")
     return 0
 

@@ -14,6 +14,7 @@ so those steps never interleave:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from harness.errors import UserError
 from harness.locks import FileLock
+from harness.study.journal import repair_journal
 
 RDB_PREFIXES = ("sqlite:///", "postgresql")
 LOCK_SUFFIX = ".queue.lock"
@@ -60,13 +62,15 @@ def heartbeat_interval(stale_after: float) -> int:
     return max(1, min(60, int(stale_after / 5)))
 
 
-def open_storage(url: str, stale_after: float) -> optuna.storages.BaseStorage:
+def open_storage(url: str, stale_after: float,
+                 announce: Callable[[str], None] = print) -> optuna.storages.BaseStorage:
     """Open an Optuna storage; an RDB storage gets Optuna's heartbeat.
 
     With an RDB storage, a trial whose heartbeat stops for ``stale_after`` seconds is failed by
     Optuna (``fail_stale_trials``, which every worker calls before each claim), and
-    ``RetryHeartbeatStaleTrialCallback`` queues it again as a waiting trial. Call this under the
-    queue lock: a fresh database's tables are created here.
+    ``RetryHeartbeatStaleTrialCallback`` queues it again as a waiting trial. A journal's torn
+    last record is cut off first, and ``announce`` says so (:mod:`harness.study.journal`). Call
+    this under the queue lock: a fresh database's tables are created here.
     """
     check_storage(url)
     if url.startswith(RDB_PREFIXES):
@@ -79,7 +83,9 @@ def open_storage(url: str, stale_after: float) -> optuna.storages.BaseStorage:
             )
         except Exception as exc:  # noqa: BLE001 - any driver error is a bad URL to the user
             raise _storage_error(url, exc) from None
-    backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:"))
+    path = url.removeprefix("journal:")
+    repair_journal(Path(path), announce)
+    backend = optuna.storages.journal.JournalFileBackend(path)
     return optuna.storages.JournalStorage(backend)
 
 
