@@ -38,8 +38,10 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome) -> Path | None:
     summary = {"best_test_acc": verdict.best_acc, "baseline_test_acc": verdict.baseline_acc,
                "gain_points": verdict.total_gain, "trick_set_share": verdict.chosen_share,
                "trick_set_cost_share": verdict.cost_share}
-    Tracker(tracking_uri).log_metrics(
+    tracker = Tracker(tracking_uri)
+    tracker.log_metrics(
         outcome.parent_run_id, {k: v for k, v in summary.items() if math.isfinite(v)})
+    tracker.flush()
     print()
     print(report.text)
     print(f"\nreport: {out_dir}/ ({', '.join(p.name for p in paths.values())}), also logged "
