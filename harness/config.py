@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from harness.checks import check_integer_size, check_slurm_partition, too_large
 from harness.errors import UserError, abbreviated, unknown_choice
+from harness.faults import RETRY_WINDOW
 from harness.recipe import SECTIONS, Recipe
 from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
 from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
@@ -63,6 +64,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
                "is called negligible"),
     "stale_after": (900.0, "seconds without a heartbeat after which another host's RUNNING "
                     "trial counts as dead"),
+    "retry_window": (RETRY_WINDOW, "seconds a worker retries an unreachable tracking server or "
+                     "database before it stops; the same command then resumes"),
     "workers": (1, "worker processes of this study: a number, or auto (one per visible GPU)"),
     "trials_per_gpu": (1, "workers packed onto each GPU (small models leave a big GPU idle)"),
     "launcher": ("local", f"where workers run: {' | '.join(LAUNCHERS)} (a Slurm job array via "
@@ -95,6 +98,7 @@ class RunConfig:
     progress: bool
     out: str | None
     stale_after: float
+    retry_window: float = RETRY_WINDOW
     launch: Launch = field(default_factory=Launch)
     overrides: tuple[str, ...] = field(default=())
     rerun: bool = False
@@ -111,7 +115,7 @@ class RunConfig:
             direction=self.study.direction, pruner=self.study.pruner, search=self.study.search,
             storage=self.storage, tracking_uri=self.tracking_uri,
             device=self.device, progress=self.progress, stale_after=self.stale_after,
-            command_line=self.overrides, rerun=self.rerun,
+            retry_window=self.retry_window, command_line=self.overrides, rerun=self.rerun,
         )
 
 
@@ -234,6 +238,7 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         device=str(settings["device"]), progress=settings["progress"],
         out=None if settings["out"] is None else str(settings["out"]),
         stale_after=_positive_float("stale_after", settings["stale_after"]),
+        retry_window=_positive_float("retry_window", settings["retry_window"]),
         launch=_launch(settings), overrides=tuple(args), rerun=settings["rerun"],
         margin=_positive_float("margin", settings["margin"], "accuracy points"),
         rounds=rounds,

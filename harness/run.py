@@ -2,7 +2,8 @@
 
 Parses and checks the configuration, runs the study, prints the results and the 80/20 verdict.
 A mistake in the input ends with one line on stderr and exit code 2; Ctrl-C stops cleanly, and
-the same command resumes.
+the same command resumes. So does a study that a fault stopped: a full disk (exit code 74) or a
+store unreachable past ``retry_window`` (75), each with one line that says so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from typing import TYPE_CHECKING
 from harness import distributed
 from harness.config import RunConfig, build_config, help_text
 from harness.errors import UserError, crash_line, error_line
+from harness.faults import (
+    EXIT_DISK_FULL,
+    EXIT_UNREACHABLE,
+    DiskFull,
+    StoreUnreachable,
+    full_path,
+    is_disk_full,
+)
 from harness.preflight import check_run
 from harness.study import config_label
 from harness.train import device_name, fit, resolve_device
@@ -149,6 +158,9 @@ def run_once(cfg: RunConfig, alpha: float | None = None, printed: bool = True
     outcome = run_study(cfg.plan(), cfg.launch)
     for lost in outcome.lost_workers:
         print(f"warning: {lost}", file=sys.stderr)
+    if outcome.stopped:
+        print(stopped_line(outcome), file=sys.stderr)
+        return outcome, None
     if outcome.interrupted:
         raise KeyboardInterrupt
     if outcome.trials:
@@ -166,8 +178,19 @@ def run_once(cfg: RunConfig, alpha: float | None = None, printed: bool = True
 
 
 def exit_code(outcome: StudyOutcome) -> int:
-    """Return the exit code of a study that ran to its end: 1 when a trial or worker failed."""
+    """Return a study's exit code: the fault's that stopped it, 1 when a trial or worker failed."""
+    if outcome.stopped:
+        return outcome.exit_code
     return EXIT_CRASHED if outcome.crashed or outcome.lost_workers else 0
+
+
+def stopped_line(outcome: StudyOutcome) -> str:
+    """Return the one line that ends a study a fault stopped: what happened, what to do."""
+    stopped = outcome.stopped_workers
+    workers = f"{stopped} worker(s) stopped" if stopped > 1 else "the worker stopped"
+    fix = "free some space, then " if outcome.exit_code == EXIT_DISK_FULL else ""
+    return (f"error: {outcome.stopped}; {workers}, and the trials in flight are queued again: "
+            f"{fix}run the same command again to resume")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(error_line(exc), file=sys.stderr)
         return EXIT_USAGE
+    except (DiskFull, StoreUnreachable) as exc:  # before any worker ran, or in the report
+        print(f"{error_line(exc)}; run the same command again to resume", file=sys.stderr)
+        return EXIT_DISK_FULL if isinstance(exc, DiskFull) else EXIT_UNREACHABLE
     except KeyboardInterrupt:
         print("\ninterrupted: the trial in flight is marked KILLED; run the same command again "
               "to resume", file=sys.stderr)
@@ -187,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
     except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
+        if is_disk_full(exc):  # e.g. the report's folder, which no store's retry covers
+            full = DiskFull(full_path(exc, ["."]))
+            print(f"{error_line(full)}; free some space, then run the same command again",
+                  file=sys.stderr)
+            return EXIT_DISK_FULL
         print(crash_line(exc, "harness.run"), file=sys.stderr)
         return EXIT_UNEXPECTED
 

@@ -44,13 +44,15 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome, alpha: float | None = No
     tracking_uri = outcome.tracking_uri
     out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
     alpha = stats.ALPHA if alpha is None else alpha
+    tracker = Tracker(tracking_uri)
     # A plain run of the same seeds shares a look's parent run; the latest command's rate holds.
-    Tracker(tracking_uri).set_tags(outcome.parent_run_id, {Tag.ALPHA: repr(alpha)})
+    tracker.set_tags(outcome.parent_run_id, {Tag.ALPHA: repr(alpha)})
     try:
         report = build_report(tracking_uri, cfg.study.name, cfg.budget, out_dir,
                               outcome.parent_run_id, log_to_mlflow=True, margin=cfg.margin,
                               alpha=alpha)
     except UserError as exc:  # e.g. no trial has started: the study itself still ran
+        tracker.flush()
         print(f"no report: {exc}")
         return None
     verdict = report.verdict
@@ -58,8 +60,9 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome, alpha: float | None = No
     summary = {"best_test_acc": verdict.best_acc, "baseline_test_acc": verdict.baseline_acc,
                "gain_points": verdict.total_gain, "trick_set_share": verdict.chosen_share,
                "trick_set_cost_share": verdict.cost_share}
-    Tracker(tracking_uri).log_metrics(
+    tracker.log_metrics(
         outcome.parent_run_id, {k: v for k, v in summary.items() if math.isfinite(v)})
+    tracker.flush()
     if printed:
         show_report(report, outcome)
     return report

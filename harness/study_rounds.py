@@ -51,6 +51,8 @@ def run_rounds(cfg: RunConfig, run_once: RunOnce) -> int:
         outcome, report = run_once(dataclasses.replace(cfg, seeds=seeds), alpha=alpha,
                                    printed=False)
         trained += len(outcome.trials)
+        if outcome.stopped:  # a full disk or a store gone too long: said in one line already
+            return outcome.exit_code
         if outcome.crashed or outcome.lost_workers:
             reason, code = (f"round {number} has trials that crashed or workers that died; the "
                             f"same command trains them again and goes on"), EXIT_CRASHED

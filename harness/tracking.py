@@ -4,6 +4,11 @@ The default store is embedded: SQLite at ``mlruns/mlflow.db`` with artifacts und
 ``tracking_uri=http://HOST:PORT`` switches to a tracking server. Statuses end as FINISHED, FAILED
 (diverged or crashed, with the reason in a tag) or KILLED (pruned or interrupted); a run that a
 killed process left RUNNING is closed as KILLED when the study resumes.
+
+A tracking server that goes away for a while does not stop a trial (:mod:`harness.faults`).
+Writes it cannot take are held in an :class:`Outbox`, in order, and a background thread sends
+them once the server answers again, so training goes on. Reads and run creation wait for the
+server, within ``retry_window``.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +33,13 @@ import matplotlib.pyplot as plt
 
 from harness.checks import check_tracking_scheme
 from harness.errors import UserError
+from harness.faults import BACKOFF_FIRST, BACKOFF_MAX, RETRY_WINDOW, Outage, is_disk_full
 from harness.locks import FileLock
 
-# MLflow's client retries an unreachable server for minutes; a person wants to know at once.
+# MLflow's client retries each request a few times (backoff 2, 4 s); the Outbox and Outage
+# retry a whole outage on top, for retry_window, and say so.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
@@ -37,6 +49,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 # Schema set-up chatter that MLflow logs at INFO on every new SQLite store.
 for _noisy in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+# MLflow logs every database error with its traceback before it raises it; a full disk is then
+# said in one line by the harness (harness.faults), so its tracebacks are left out.
+logging.getLogger("mlflow.store.db.utils").addFilter(
+    lambda record: not (record.exc_info and is_disk_full(record.exc_info[1])))
 
 class Tag:
     """The MLflow tag names the harness writes and the report reads: their one home.
@@ -93,6 +109,7 @@ class Tag:
 
 
 _BATCH = 100  # MLflow's limit of params (and a sane chunk of metrics) per log_batch call
+MAX_BUFFERED = 10_000  # writes held while the server is down; past this, training waits
 
 
 def metric_name(text: str) -> str:
@@ -129,19 +146,43 @@ def check_tracking_uri(uri: str) -> str:
 class Tracker:
     """Writes a study's runs to one MLflow store.
 
+    Every call retries while the server is unreachable (see the module docstring); writes to
+    existing runs are buffered meanwhile. A full disk raises :class:`harness.faults.DiskFull`.
+
     Args:
         tracking_uri: Where the runs go; checked with :func:`check_tracking_uri`.
+        retry_window: Seconds an unreachable server is retried before
+            :class:`harness.faults.StoreUnreachable`.
+        announce: Where the outage's start and end lines go.
+        max_buffered: Writes held during an outage before a write waits for the server.
     """
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, retry_window: float = RETRY_WINDOW,
+                 announce: Callable[[str], None] = print,
+                 max_buffered: int = MAX_BUFFERED) -> None:
         self.uri = check_tracking_uri(tracking_uri)
+        paths = []
         if self.uri.startswith("sqlite:///"):
+            database = self.uri.removeprefix("sqlite:///")
+            paths = [database, str(Path(database).parent / "artifacts")]
             # MLflow creates and migrates a fresh SQLite schema when a client first opens it;
             # two processes doing that at once crash (sqlalchemy CircularDependencyError).
-            with FileLock(self.uri.removeprefix("sqlite:///") + ".lock"):
-                self.client = MlflowClient(self.uri)
+            with FileLock(database + ".lock"):
+                client = MlflowClient(self.uri)
         else:
-            self.client = MlflowClient(self.uri)
+            client = MlflowClient(self.uri)
+        self.outage = Outage(f"the tracking server {self.uri}", retry_window, announce, paths)
+        self.outbox = Outbox(self.outage, max_buffered)
+        self.client = _Retrying(client, self.outage, self.outbox)
+        self._spool = tempfile.TemporaryDirectory(prefix="harness-spool-")
+
+    def flush(self) -> None:
+        """Wait until every buffered write reached the server.
+
+        Raises:
+            StoreUnreachable: The server stayed away for the whole retry window.
+        """
+        self.outbox.flush()
 
     def experiment(self, name: str) -> str:
         """Return the id of experiment ``name``, creating it (artifacts beside the DB).
@@ -215,7 +256,8 @@ class Tracker:
         """Log params in batches; values become strings, as MLflow stores them."""
         items = [Param(str(k), _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, params=items[start:start + _BATCH])
+            self.outbox.write(self.client.raw.log_batch, run_id,
+                              params=items[start:start + _BATCH])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log a dict of metrics at one step in as few calls as possible."""
@@ -223,34 +265,59 @@ class Tracker:
         items = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()
                  if v is not None]
         for start in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, metrics=items[start:start + _BATCH])
+            self.outbox.write(self.client.raw.log_batch, run_id,
+                              metrics=items[start:start + _BATCH])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set several tags at once."""
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         if items:
-            self.client.log_batch(run_id, tags=items)
+            self.outbox.write(self.client.raw.log_batch, run_id, tags=items)
 
     def log_figure(self, run_id: str, figure: plt.Figure, artifact_file: str) -> None:
         """Log a matplotlib figure as a PNG artifact and free it."""
-        self.client.log_figure(run_id, figure, artifact_file)
-        plt.close(figure)
+        path = self._spooled(artifact_file)
+        try:
+            figure.savefig(path)
+        finally:
+            plt.close(figure)
+        self._log_spooled(run_id, path, artifact_file)
 
     def log_file(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
-        """Log one local file as an artifact."""
-        self.client.log_artifact(run_id, str(path), artifact_dir)
+        """Log one local file as an artifact (a copy is kept while the server is away)."""
+        name = str(Path(artifact_dir or "") / Path(path).name)
+        spooled = self._spooled(name)
+        shutil.copyfile(path, spooled)
+        self._log_spooled(run_id, spooled, name)
 
     def log_json(self, run_id: str, value: Any, artifact_file: str) -> None:
         """Log a JSON-able value as an artifact file."""
-        self.client.log_dict(run_id, value, artifact_file)
+        self.log_text(run_id, json.dumps(value, indent=2), artifact_file)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Log text as an artifact file."""
-        self.client.log_text(run_id, text, artifact_file)
+        path = self._spooled(artifact_file)
+        path.write_text(text)
+        self._log_spooled(run_id, path, artifact_file)
+
+    def _spooled(self, artifact_file: str) -> Path:
+        """Return a fresh local path named like ``artifact_file``, for a write to come."""
+        folder = Path(self._spool.name) / uuid.uuid4().hex
+        folder.mkdir()
+        return folder / Path(artifact_file).name
+
+    def _log_spooled(self, run_id: str, path: Path, artifact_file: str) -> None:
+        folder = str(Path(artifact_file).parent)
+
+        def send() -> None:
+            self.client.raw.log_artifact(run_id, str(path), None if folder == "." else folder)
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+        self.outbox.write(send)
 
     def end(self, run_id: str, status: str) -> None:
         """Close a run as FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(run_id, status=status)
+        self.outbox.write(self.client.raw.set_terminated, run_id, status=status)
 
     def close_if_running(self, run_ids: Iterable[str], failure: str, reason: str) -> int:
         """Mark runs still RUNNING as KILLED with a failure and its reason; return how many."""
@@ -264,6 +331,125 @@ class Tracker:
             except Exception:  # noqa: BLE001 - a run deleted by hand is nothing to repair
                 continue
         return closed
+
+
+class _Retrying:
+    """An MlflowClient whose every call waits out an outage, after the buffered writes.
+
+    A read after a buffered write must see it, so every call first waits for the outbox to
+    drain. ``raw`` is the client itself, for the :class:`Outbox`, which retries on its own.
+    """
+
+    def __init__(self, client: MlflowClient, outage: Outage, outbox: Outbox) -> None:
+        self.raw = client
+        self.outage = outage
+        self.outbox = outbox
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.raw, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.outbox.flush()
+            return self.outage.call(method, *args, **kwargs)
+
+        return call
+
+
+class Outbox:
+    """Writes to the tracking server, in order; those it cannot take yet wait in a queue.
+
+    While the queue is empty a write is sent at once. When one fails because the server is
+    unreachable, it and every later write join the queue, and a background thread sends them
+    in order as soon as the server answers. A write waits only when ``bound`` are queued.
+
+    Args:
+        outage: Says when the outage starts and ends, and when the window has run out.
+        bound: Writes queued before a write waits for the queue to shrink.
+    """
+
+    def __init__(self, outage: Outage, bound: int = MAX_BUFFERED) -> None:
+        self.outage = outage
+        self.bound = bound
+        self.error: BaseException | None = None  # why the queue was given up
+        self._queue: deque[Callable[[], None]] = deque()
+        self._changed = threading.Condition()
+        self._sender: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for the server."""
+        return len(self._queue)
+
+    def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Send ``fn(*args, **kwargs)`` now, or queue it behind the writes already waiting.
+
+        Raises:
+            StoreUnreachable: An earlier outage ran out of its window; nothing more is sent.
+            DiskFull: The write failed for want of space.
+        """
+        def send() -> None:
+            fn(*args, **kwargs)
+
+        with self._changed:
+            self._raise_error()
+            if self._queue:
+                while len(self._queue) >= self.bound and self.error is None:
+                    self._changed.wait()
+                self._raise_error()
+                self._queue.append(send)
+                return
+        try:
+            send()
+        except Exception as exc:  # noqa: BLE001 - check() re-raises all but an outage
+            self.outage.check(exc)
+            with self._changed:
+                self._queue.append(send)
+                if self._sender is None:  # one sender at a time, or a write goes twice
+                    self._sender = threading.Thread(target=self._send_queued, daemon=True,
+                                                    name="tracking-outbox")
+                    self._sender.start()
+        else:
+            self.outage.recovered()
+
+    def flush(self) -> None:
+        """Wait until the queue is empty; raise what made it give up, if anything did."""
+        with self._changed:
+            while self._queue and self.error is None:
+                self._changed.wait()
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _send_queued(self) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            with self._changed:
+                if not self._queue:
+                    self._sender = None
+                    self._changed.notify_all()
+                    return
+                send = self._queue[0]
+            try:
+                send()
+            except Exception as exc:  # noqa: BLE001 - check() re-raises all but an outage
+                try:
+                    self.outage.check(exc)
+                except Exception as fatal:  # noqa: BLE001 - handed to the writing thread
+                    with self._changed:
+                        self.error = fatal
+                        self._sender = None
+                        self._changed.notify_all()
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            self.outage.recovered()
+            delay = BACKOFF_FIRST
+            with self._changed:
+                self._queue.popleft()
+                self._changed.notify_all()
 
 
 def recorded_seeds(tracking_uri: str, experiment: str) -> list[int]:

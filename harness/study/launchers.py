@@ -6,6 +6,10 @@ its share of the CPU cores, pinned by affinity so its torch threads never fight 
 worker's. ``launcher=slurm`` submits the workers as one job array through submitit;
 ``slurm.cluster=local`` runs that array through submitit's local executor instead. Every worker,
 wherever it runs, is an ordinary worker on the shared storage and tracking store.
+
+A worker that a fault stops (a full disk, a store unreachable past ``retry_window``) ends with
+one line and its own exit code (:mod:`harness.faults`); a full disk stops the other local
+workers too. The launcher then leaves the stores as they are, for the next start to repair.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from pathlib import Path
 
 from harness.checks import check_can_submit
 from harness.errors import UserError
+from harness.faults import EXIT_DISK_FULL, drop_torn_tail
 from harness.study.launch import Launch, SlurmSettings
 from harness.study.plan import Plan
 from harness.study.progress import WorkerBoard
-from harness.study.queue import FAILURE_ATTR, OWNER_ATTR, RUN_ATTR, Owner
+from harness.study.queue import FAILURE_ATTR, OWNER_ATTR, RUN_ATTR, Owner, QueueState
 from harness.study.runner import (
     Prepared,
     StudyOutcome,
@@ -174,27 +179,48 @@ def _slot_text(slot: Slot) -> str:
 
 def _finish(prepared: Prepared, launch_id: str, results: Sequence[WorkerResult | str]
             ) -> StudyOutcome:
-    """Abandon what stopped workers left, close the parent run and gather the outcome."""
+    """Abandon what stopped workers left, close the parent run and gather the outcome.
+
+    After a fault the stores are left to the next start, which repairs them; only a journal's
+    torn last record, which a full disk can leave, is dropped at once.
+    """
     session = prepared.session
     plan = session.plan
     done = [r for r in results if isinstance(r, WorkerResult)]
     interrupted = any(r.interrupted for r in done)
+    stopped = [r for r in done if r.stopped]
+    trials = sorted((t for r in done for t in r.trials), key=lambda t: t.number)
+    outcome = StudyOutcome(
+        plan.name, plan.name, prepared.parent_run_id, plan.optuna_study_name,
+        session.storage_url, session.tracker.uri, trials, skipped=prepared.filled.done,
+        requeued=prepared.filled.requeued, interrupted=interrupted,
+        lost_workers=[r for r in results if isinstance(r, str)])
+    if stopped:
+        first = min(stopped, key=lambda r: r.exit_code)  # a full disk before an outage
+        outcome.stopped, outcome.exit_code = first.stopped, first.exit_code
+        outcome.stopped_workers = len(stopped)
+        if first.exit_code == EXIT_DISK_FULL and not session.storage_url.startswith(
+                ("postgresql", "sqlite:///")):
+            with session.lock:
+                drop_torn_tail(session.storage_url.removeprefix("journal:"))
+        return outcome
     queue = session.queue(Owner.here(launch=launch_id))
-    with session.lock:
-        if interrupted or len(done) < len(results):
-            _abandon(session, launch_id, "interrupted" if interrupted else "stale")
-        queue.repair()
-        state = queue.state()
+
+    def close() -> QueueState:
+        with session.lock:
+            if interrupted or len(done) < len(results):
+                _abandon(session, launch_id, "interrupted" if interrupted else "stale")
+            queue.repair()
+            return queue.state()
+
+    state = session.storage_outage.call(close)
     if interrupted:
         session.tracker.end(prepared.parent_run_id, "KILLED")
     elif state.drained:
         session.tracker.end(prepared.parent_run_id, "FINISHED")
-    trials = sorted((t for r in done for t in r.trials), key=lambda t: t.number)
-    return StudyOutcome(
-        plan.name, plan.name, prepared.parent_run_id, plan.optuna_study_name,
-        session.storage_url, session.tracker.uri, trials, skipped=prepared.filled.done,
-        requeued=prepared.filled.requeued, interrupted=interrupted,
-        lost_workers=[r for r in results if isinstance(r, str)], still_running=state.running)
+    session.tracker.flush()
+    outcome.still_running = state.running
+    return outcome
 
 
 def _abandon(session: StudySession, launch_id: str, failure: str) -> None:
@@ -241,6 +267,8 @@ class LocalProcesses:
                 while any(p.poll() is None for p in processes):
                     if board is not None:
                         board.refresh()
+                    if any(p.returncode == EXIT_DISK_FULL for p in processes):
+                        _stop(processes)  # the others would only fill the same disk
                     time.sleep(POLL_SECONDS)
             except KeyboardInterrupt:
                 _stop(processes)

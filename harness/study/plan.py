@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.faults import RETRY_WINDOW
 from harness.recipe import Recipe
 from harness.study.designs import Design
 from harness.study.identity import computed_content, trial_identity
@@ -65,6 +66,7 @@ class Plan:
     device: str
     progress: bool
     stale_after: float  # seconds without a heartbeat before a RUNNING trial counts as dead
+    retry_window: float = RETRY_WINDOW  # seconds an unreachable store is retried (faults)
     command_line: tuple[str, ...] = ()
     rerun: bool = False  # train every trial again, even those with a finished run
     data_digest: str = ""  # the base data set's digest; set once the study is prepared

@@ -9,7 +9,8 @@ number of workers on any number of hosts.
 What a finished trial means for its cell (its queue key):
 
 - COMPLETE, PRUNED, or FAIL because it diverged: a **result**, never run again;
-- FAIL because it crashed or was interrupted (Ctrl-C): queued again when a study (re)starts,
+- FAIL because it crashed, was interrupted (Ctrl-C) or ``stopped`` by a fault (a full disk, a
+  store unreachable past ``retry_window``): queued again when a study (re)starts,
   not during the run that saw it fail, so a trial that crashes every time does not loop;
 - FAIL because its process died (``stale``; also a FAIL without a reason, which is Optuna's
   heartbeat failing it): queued again at once, so a live worker re-runs it;
@@ -44,7 +45,8 @@ IDENTITY_ATTR = "identity"  # what the trial computes (harness.study.identity)
 REUSED_ATTR = "reused_from"  # on an adopted result: the parent run that trained it
 
 RESULT_FAILURES = ("diverged",)
-RETRY_AT_START = ("crashed", "interrupted")
+STOPPED = "stopped"  # a fault stopped its worker: a full disk, or a store gone too long
+RETRY_AT_START = ("crashed", "interrupted", STOPPED)
 DUPLICATE = "duplicate"
 STALE = "stale"
 

@@ -4,6 +4,12 @@
 the Optuna study and the MLflow parent run (under the queue lock, so concurrent commands make
 one of each) and fills the queue. A ``Worker`` then claims trial after trial until the queue is
 drained, trains each through ``harness.train.fit`` and logs it to one MLflow child run.
+
+A worker rides through a short outage of the tracking server or the database: every storage call
+it makes is retried for ``retry_window`` (:class:`harness.faults.Outage`), and MLflow writes wait
+in the tracker's outbox while training goes on. A trial is told done only once its logs reached
+MLflow. Past the window, or on a full disk, the worker stops with its trial marked so that the
+next start queues it again (:attr:`WorkerResult.stopped`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.data import PreparedData, prepare_data
 from harness.evaluate import Evaluation
+from harness.faults import (
+    EXIT_DISK_FULL,
+    EXIT_UNREACHABLE,
+    DiskFull,
+    Outage,
+    StoreUnreachable,
+    full_path,
+    is_disk_full,
+)
 from harness.provenance import environment_tags
 from harness.recipe import Recipe
 from harness.study.plan import Plan, config_label, run_name
@@ -34,6 +49,7 @@ from harness.study.queue import (
     PROGRESS_ATTR,
     RUN_ATTR,
     STALE,
+    STOPPED,
     Filled,
     Heartbeat,
     Owner,
@@ -58,7 +74,7 @@ class TrialSummary:
     number: int
     toggles: dict[str, str]
     seed: int
-    status: str  # finished | diverged | pruned | crashed | interrupted
+    status: str  # finished | diverged | pruned | crashed | interrupted | stopped
     val_acc: float = math.nan
     test_acc: float = math.nan
     train_seconds: float = 0.0
@@ -69,11 +85,13 @@ class TrialSummary:
 
 @dataclass
 class WorkerResult:
-    """What one worker did: its trials, and whether Ctrl-C stopped it."""
+    """What one worker did: its trials, and whether Ctrl-C or a fault stopped it."""
 
     worker: int
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str = ""  # why a fault stopped it (a full disk, a store gone too long), one line
+    exit_code: int = 0  # EXIT_DISK_FULL or EXIT_UNREACHABLE when stopped
 
 
 @dataclass
@@ -92,6 +110,9 @@ class StudyOutcome:
     interrupted: bool = False
     lost_workers: list[str] = field(default_factory=list)  # workers that died, and how
     still_running: int = 0  # trials other commands were still running when this one ended
+    stopped: str = ""  # the fault that stopped the study, one line (see WorkerResult.stopped)
+    exit_code: int = 0  # its exit code: EXIT_DISK_FULL or EXIT_UNREACHABLE
+    stopped_workers: int = 0  # workers the fault stopped
 
     @property
     def crashed(self) -> int:
@@ -123,6 +144,10 @@ class StudySession:
         if plan.storage is None:
             Path(self.storage_url).parent.mkdir(parents=True, exist_ok=True)
         self.lock = queue_lock(self.storage_url)
+        local = None if self.storage_url.startswith("postgresql") else \
+            self.storage_url.removeprefix("sqlite:///").removeprefix("journal:")
+        self.storage_outage = Outage(f"the Optuna storage {_shown(self.storage_url)}",
+                                     plan.retry_window, _say, [local] if local else [])
         # Optuna logs every failed trial with its traceback, Ctrl-C included; the harness prints
         # one line per failure instead and keeps the traceback in the run's artifacts.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -133,8 +158,13 @@ class StudySession:
                 sampler=make_sampler(plan), pruner=make_pruner(plan),
                 direction=plan.direction, load_if_exists=True,
             )
-            self.tracker = Tracker(plan.tracking_uri)
+            self.tracker = Tracker(plan.tracking_uri, plan.retry_window, _say)
             self.experiment_id = self.tracker.experiment(plan.name)
+
+    @property
+    def paths(self) -> list[str]:
+        """The local paths this process writes its stores to, to name the full one."""
+        return [*self.storage_outage.paths, *self.tracker.outage.paths]
 
     def queue(self, owner: Owner) -> TrialQueue:
         """Return the study's queue for ``owner``; trials it finds dead get their run closed."""
@@ -144,6 +174,19 @@ class StudySession:
     def _close_dead_run(self, trial: FrozenTrial) -> None:
         self.tracker.close_if_running([trial.user_attrs.get(RUN_ATTR, "")], STALE,
                                       "its process died; the trial is run again")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _shown(url: str) -> str:
+    """Return a storage URL without its password, for a message."""
+    head, at, host = url.rpartition("@")
+    if not at or ":" not in head.partition("://")[2]:
+        return url
+    scheme, _, user = head.partition("://")
+    return f"{scheme}://{user.split(':')[0]}:***@{host}"
 
 
 @dataclass
@@ -178,6 +221,7 @@ def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = pri
         )
         queue = session.queue(Owner.here())
         queue.repair()
+        finish_told_runs(session)
         adopt_finished(plan, session.study, tracker, session.experiment_id, parent)
         filled = queue.fill(at_start=True)
         reused = reused_count(session.study)
@@ -192,6 +236,29 @@ def prepare_study(plan: Plan, device: Any, announce: Callable[[str], None] = pri
     if filled.done > reused:
         announce(f"resuming: {filled.done - reused} trial(s) already done, {to_run} to run")
     return Prepared(session, parent, data, filled)
+
+
+def finish_told_runs(session: StudySession) -> int:
+    """Close as FINISHED the runs of COMPLETE trials that are still RUNNING; return how many.
+
+    A trial's logs reach MLflow before Optuna is told it is done, and its run is closed just
+    after; a full disk or a lost server in between leaves a finished trial whose run says
+    RUNNING. Everything but the status is there, so the status is all that is written.
+    """
+    running = session.tracker.client.search_runs(
+        [session.experiment_id], max_results=50000,
+        filter_string=f"tags.`{Tag.ROLE}` = 'trial' and attributes.status = 'RUNNING'")
+    ids = {run.info.run_id for run in running}
+    closed = 0
+    for trial in session.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = trial.user_attrs.get(RUN_ATTR, "")
+        if run_id in ids:
+            session.tracker.end(run_id, "FINISHED")
+            identity = trial.user_attrs.get(IDENTITY_ATTR)
+            if identity:
+                supersede(session.tracker, session.experiment_id, identity, run_id)
+            closed += 1
+    return closed
 
 
 def _parent_tags(plan: Plan, session: StudySession, data: PreparedData) -> dict[str, str]:
@@ -240,6 +307,7 @@ class Worker:
         if data is not None:
             self._data_cache[(plan.recipe.data, str(self.device))] = data
         self.beat_every = heartbeat_interval(plan.stale_after)
+        self.db = session.storage_outage.call  # every Optuna storage call rides out an outage
 
     def data(self, recipe: Recipe) -> PreparedData:
         """Return the prepared data of a recipe, loaded once per data spec and device."""
@@ -261,9 +329,9 @@ class Worker:
         waiting_said = False
         try:
             while True:
-                trial = queue.next()
+                trial = self.db(queue.next)
                 if trial is None:
-                    state = queue.state()
+                    state = self.db(queue.state)
                     if state.drained:
                         return result
                     if not waiting_said:
@@ -277,6 +345,14 @@ class Worker:
         except KeyboardInterrupt:
             result.interrupted = True
             return result
+        except (DiskFull, StoreUnreachable) as exc:
+            result.stopped = str(exc)
+            result.exit_code = EXIT_DISK_FULL if isinstance(exc, DiskFull) else EXIT_UNREACHABLE
+            self.announce(f"stopped: {exc}")
+            return result
+        finally:
+            with contextlib.suppress(DiskFull, StoreUnreachable):
+                self.tracker.flush()  # what waits in the outbox, before the process ends
 
     def run_trial(self, trial: optuna.Trial, done: list[TrialSummary]) -> TrialSummary:
         """Train, evaluate and log one claimed trial, then tell Optuna how it ended.
@@ -289,8 +365,8 @@ class Worker:
         if replaced:
             self.tracker.close_if_running([replaced], STALE,
                                           "its process died; the trial is run again")
-        toggles, seed, numeric = self._suggest(trial)
-        trial.set_user_attr("toggles", toggles)
+        toggles, seed, numeric = self.db(self._suggest, trial)
+        self.db(trial.set_user_attr, "toggles", toggles)
         summary = TrialSummary(trial.number, toggles, seed, "crashed", worker=self.owner.worker)
         done.append(summary)
         run_id = ""
@@ -298,7 +374,7 @@ class Worker:
             with Heartbeat(self.storage, trial._trial_id, self.beat_every):
                 recipe = plan.trial_recipe(toggles, seed, numeric)
                 identity = plan.identity(recipe, seed)
-                trial.set_user_attr(IDENTITY_ATTR, identity)
+                self.db(trial.set_user_attr, IDENTITY_ATTR, identity)
                 data = self.data(recipe)
                 run_id = self._start_run(trial, recipe, toggles, seed, numeric, data, identity)
                 summary.run_id = run_id
@@ -310,7 +386,14 @@ class Worker:
             self._end(trial, summary, "interrupted", "stopped by the user", "KILLED",
                       TrialState.FAIL)
             raise
+        except (DiskFull, StoreUnreachable) as exc:
+            self._stop(trial, summary, exc)
+            raise
         except Exception as exc:
+            if is_disk_full(exc):
+                fault = DiskFull(full_path(exc, self.session.paths))
+                self._stop(trial, summary, fault)
+                raise fault from None
             if run_id:
                 self.tracker.log_text(run_id, traceback.format_exc(), "traceback.txt")
             self._end(trial, summary, "crashed", f"{type(exc).__name__}: {exc}", "FAILED",
@@ -325,6 +408,23 @@ class Worker:
                 self.tracker.end(run_id, "FINISHED")
                 self._supersede(identity, run_id)
         return summary
+
+    def _stop(self, trial: optuna.Trial, summary: TrialSummary, fault: Exception) -> None:
+        """Mark a trial that a fault stops so the next start queues it again: one try each.
+
+        The store that failed may not take these writes; then the next start finds the trial
+        RUNNING under a dead process, fails it as stale and queues it again all the same.
+        """
+        summary.status = STOPPED
+        with contextlib.suppress(Exception):
+            self.storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, STOPPED)
+            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if summary.run_id:
+            client = self.tracker.client.raw  # past the outbox, which may have given up
+            with contextlib.suppress(Exception):
+                client.set_tag(summary.run_id, Tag.FAILURE, STOPPED)
+                client.set_tag(summary.run_id, Tag.FAILURE_REASON, str(fault)[:5000])
+                client.set_terminated(summary.run_id, "KILLED")
 
     def _supersede(self, identity: str, run_id: str) -> None:
         """Make this run the one that counts for its identity, and say which it replaced."""
@@ -354,7 +454,7 @@ class Worker:
         params = {**toggles, "seed": seed, **numeric, **flat}
         run_id = self.tracker.start_trial(self.session.experiment_id, self.parent_run_id,
                                           run_name(toggles, seed), tags, params)
-        trial.set_user_attr(RUN_ATTR, run_id)
+        self.db(trial.set_user_attr, RUN_ATTR, run_id)
         self.tracker.log_json(run_id, recipe.to_dict(), "recipe.json")
         return run_id
 
@@ -365,14 +465,17 @@ class Worker:
         epochs = recipe.trainer.epochs
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            self.tracker.log_metrics(run_id, metrics, step=epoch)
-            trial.set_user_attr(PROGRESS_ATTR, {
-                "epoch": epoch, "epochs": epochs,
-                "images_per_sec": round(metrics.get("images_per_sec", 0.0), 1)})
+            self.tracker.log_metrics(run_id, metrics, step=epoch)  # buffered in an outage
+            progress = {"epoch": epoch, "epochs": epochs,
+                        "images_per_sec": round(metrics.get("images_per_sec", 0.0), 1)}
+            try:  # only for the progress board: never worth waiting for the database
+                trial.set_user_attr(PROGRESS_ATTR, progress)
+            except Exception as exc:  # noqa: BLE001 - check() re-raises all but an outage
+                self.session.storage_outage.check(exc)
             value = metrics.get(plan.objective)
             if plan.design.searches and value is not None:
-                trial.report(value, epoch)
-                if trial.should_prune():
+                self.db(trial.report, value, epoch)
+                if self.db(trial.should_prune):
                     raise optuna.TrialPruned(f"{plan.objective} {value:.2f} at epoch "
                                              f"{epoch} is below the median")
 
@@ -380,6 +483,9 @@ class Worker:
                      progress=self.fit_progress, description=f"trial {trial.number}")
         test = result.evaluate(data.test_x, data.test_y, data.classes)  # with its hooks (TTA)
         log_trial_outcome(self.tracker, run_id, recipe, data, result, test)
+        # Optuna hears that the trial is done only once MLflow holds all of it: a trial that
+        # finished during an outage is recorded once, in full, or queued again.
+        self.tracker.flush()
         summary.status = result.status
         summary.test = test
         summary.test_acc = test.accuracy
@@ -401,9 +507,13 @@ class Worker:
     def _end(self, trial: optuna.Trial, summary: TrialSummary, failure: str, reason: str,
              run_status: str, state: TrialState) -> None:
         summary.status = failure
-        # Declared dead by another worker meanwhile? _tell finds that out too.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            trial.set_user_attr(FAILURE_ATTR, failure)
+
+        def mark() -> None:
+            # Declared dead by another worker meanwhile? _tell finds that out too.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr(FAILURE_ATTR, failure)
+
+        self.db(mark)
         if self._tell(trial, state=state):
             self._close_run(summary.run_id, failure, reason, run_status)
 
@@ -414,12 +524,23 @@ class Worker:
         Optuna is told before MLflow: a trial that was queued again and re-run elsewhere must not
         leave a second FINISHED run for its cell, so its run ends KILLED instead.
         """
-        try:
+        told = False
+        expected = state or TrialState.COMPLETE
+
+        def tell() -> None:
+            nonlocal told
             # Optuna raises ValueError, not UpdateFinishedTrialError, for a trial that was
             # already finished when tell() read it; the second covers a failure in between.
-            if self.storage.get_trial(trial._trial_id).state.is_finished():
+            now = self.storage.get_trial(trial._trial_id).state
+            if now.is_finished():
+                if told and now == expected:  # our tell went through; its answer was lost
+                    return
                 raise optuna.exceptions.UpdateFinishedTrialError
+            told = True
             self.session.study.tell(trial, value, state=state)
+
+        try:
+            self.db(tell)
         except optuna.exceptions.UpdateFinishedTrialError:
             self._close_run(trial.user_attrs.get(RUN_ATTR, ""), STALE,
                             "declared dead by another worker; its re-run counts", "KILLED")

@@ -136,7 +136,8 @@ class _AdvisoryLock(AbstractContextManager[None]):
             try:
                 connection = self._engine.connect()
             except Exception as exc:  # noqa: BLE001 - the server is down or refuses us
-                raise _storage_error(self.url, exc) from None
+                # The cause stays attached: harness.faults retries a server that restarts.
+                raise _storage_error(self.url, exc) from exc
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"),
                                {"key": _PG_LOCK_KEY})
             connection.commit()
@@ -152,6 +153,9 @@ class _AdvisoryLock(AbstractContextManager[None]):
                 self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
                                          {"key": _PG_LOCK_KEY})
                 self._connection.commit()
+            except sqlalchemy.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise  # a lost connection took its session's lock with it
             finally:
                 self._connection.close()
                 self._connection = None

@@ -1,8 +1,9 @@
 """A local worker process: ``python -m harness.study.worker TASK.pkl RESULT.pkl``.
 
 The launcher (``workers=N``) writes the task, starts this, relays its output and reads the result
-back. The exit code is 130 after Ctrl-C, 2 for a user error, 0 otherwise (a crashed trial is in
-the result).
+back. The exit code is 130 after Ctrl-C, 2 for a user error, 74 on a full disk, 75 when a store
+stayed unreachable past ``retry_window`` (:mod:`harness.faults`), 0 otherwise (a crashed trial is
+in the result).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.faults import EXIT_DISK_FULL, EXIT_UNREACHABLE, DiskFull, StoreUnreachable
 from harness.study.launchers import run_worker_task
 from harness.study.runner import WorkerResult
 
@@ -31,7 +33,13 @@ def main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:  # stopped while it opened the study: no trial was claimed
         result = WorkerResult(task.index, interrupted=True)
+    except (DiskFull, StoreUnreachable) as exc:  # while it opened the study
+        code = EXIT_DISK_FULL if isinstance(exc, DiskFull) else EXIT_UNREACHABLE
+        print(f"stopped: {exc}", flush=True)
+        result = WorkerResult(task.index, stopped=str(exc), exit_code=code)
     result_path.write_bytes(pickle.dumps(result))
+    if result.stopped:
+        return result.exit_code
     return 130 if result.interrupted else 0
 
 
