@@ -25,6 +25,7 @@ from mlflow.entities import Metric
 
 from harness.faults import (
     EXIT_DISK_FULL,
+    EXIT_UNREACHABLE,
     DiskFull,
     Outage,
     StoreUnreachable,
@@ -171,6 +172,16 @@ class Services:
             [pg_ctl, "-D", str(self.folder / "pgdata"), "-l", str(self.folder / "postgres.log"),
              "-m", "fast", "-w", "-o", options, "restart"]), check=True, capture_output=True)
 
+    def stop_postgres(self) -> None:
+        """``pg_ctl stop -m fast``: the database is gone until :meth:`start_postgres`."""
+        subprocess.run(self.module.as_postgres(
+            [str(self.module.PG_BIN / "pg_ctl"), "-D", str(self.folder / "pgdata"), "-m", "fast",
+             "-w", "stop"]), check=True, capture_output=True)
+
+    def start_postgres(self) -> None:
+        """Start the database again, on the same port and data."""
+        self.module.start_postgres(self.folder, self.pg_port)
+
     def close(self) -> None:
         self.module.stop(self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -281,12 +292,39 @@ def test_a_tracking_server_down_for_30_s_is_ridden_through(images, tmp_path, ser
 def test_a_postgresql_restart_is_ridden_through(images, tmp_path, services):  # noqa: F811
     run = Output(harness(service_args(images, tmp_path, services)))
     run.wait_for(lambda lines: trials_started(lines) >= 3)
-    services.restart_postgres()
+    services.restart_postgres()  # as an administrator does: a second or two
+    run.wait_for(lambda lines: trials_started(lines) >= 7)
+    services.stop_postgres()  # and a database that is away for a while
+    time.sleep(OUTAGE_SECONDS / 2)
+    services.start_postgres()
     out = run.finish()
     (tmp_path / "out.txt").write_text(out)
     assert run.process.returncode == 0, out
     assert "Traceback" not in out and "crashed" not in out, out
     assert_trained_once_with_every_epoch(services.tracking)
+    assert_exactly_once(services.tracking)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_gone_past_the_window_stops_cleanly_then_resumes(images, tmp_path,  # noqa: F811
+                                                                            services):
+    args = service_args(images, tmp_path, services)
+    run = Output(harness([*args, "retry_window=20"]))
+    run.wait_for(lambda lines: trials_started(lines) >= 3)
+    services.stop_mlflow()
+    out = run.finish()
+    (tmp_path / "out.txt").write_text(out)
+    assert run.process.returncode == EXIT_UNREACHABLE, out
+    assert "Traceback" not in out, out
+    lines = out.splitlines()
+    assert len([line for line in lines if "] stopped: the tracking server" in line]) == 2, out
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith("run the same command again to resume"), out
+    services.start_mlflow()
+    again = harness(args)
+    out_again, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out_again
+    assert "Traceback" not in out_again, out_again
     assert_exactly_once(services.tracking)
 
 
