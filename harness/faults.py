@@ -231,32 +231,3 @@ class Outage:
             self.since = None
             self.announce(f"outage over: {self.store} answers again after {lasted:.0f} s "
                           f"({self.retries} failed tries)")
-
-
-def drop_torn_tail(path: str | Path) -> int:
-    """Cut a journal file back to its last complete line; return the bytes dropped.
-
-    A write that a full disk cut short leaves half a record at the end. Truncating needs no
-    space, and every complete record stays. Hold the journal's queue lock.
-    """
-    path = Path(path)
-    try:
-        with path.open("rb+") as journal:
-            size = journal.seek(0, os.SEEK_END)
-            if size == 0:
-                return 0
-            end = size
-            while end > 0:
-                start = max(0, end - 65536)
-                journal.seek(start)
-                chunk = journal.read(end - start)
-                newline = chunk.rfind(b"\n")
-                if newline >= 0:
-                    end = start + newline + 1
-                    break
-                end = start
-            if end < size:
-                journal.truncate(end)
-            return size - end
-    except FileNotFoundError:
-        return 0

@@ -29,7 +29,6 @@ from harness.faults import (
     DiskFull,
     Outage,
     StoreUnreachable,
-    drop_torn_tail,
     full_path,
     is_disk_full,
     is_unreachable,
@@ -115,14 +114,6 @@ def test_a_full_outbox_makes_the_writer_wait_for_the_server(dead_server):
     with pytest.raises(StoreUnreachable):
         outbox.write(dead_server.log_batch, "run", metrics=metrics)  # waits: the bound is met
     assert time.monotonic() - started >= 1
-
-
-def test_a_torn_journal_tail_is_cut_back_to_its_last_record(tmp_path):
-    journal = tmp_path / "x.journal"
-    journal.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
-    assert drop_torn_tail(journal) == len(b'{"c":')
-    assert journal.read_bytes() == b'{"a":1}\n{"b":2}\n'
-    assert drop_torn_tail(journal) == 0
 
 
 def test_retry_window_is_a_setting():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from harness.checks import check_can_submit
 from harness.errors import UserError
-from harness.faults import EXIT_DISK_FULL, drop_torn_tail
+from harness.faults import EXIT_DISK_FULL
 from harness.study.launch import Launch, SlurmSettings
 from harness.study.plan import Plan
 from harness.study.progress import WorkerBoard
@@ -181,8 +181,8 @@ def _finish(prepared: Prepared, launch_id: str, results: Sequence[WorkerResult |
             ) -> StudyOutcome:
     """Abandon what stopped workers left, close the parent run and gather the outcome.
 
-    After a fault the stores are left to the next start, which repairs them; only a journal's
-    torn last record, which a full disk can leave, is dropped at once.
+    After a fault the stores are left to the next start, which repairs them (a journal's torn
+    last record included, see :mod:`harness.study.journal`).
     """
     session = prepared.session
     plan = session.plan
@@ -198,11 +198,9 @@ def _finish(prepared: Prepared, launch_id: str, results: Sequence[WorkerResult |
     if stopped:
         first = min(stopped, key=lambda r: r.exit_code)  # a full disk before an outage
         outcome.stopped, outcome.exit_code = first.stopped, first.exit_code
+        # A journal record a full disk cut short is cut off (and kept aside) when the next
+        # command opens the journal: harness.study.journal.
         outcome.stopped_workers = len(stopped)
-        if first.exit_code == EXIT_DISK_FULL and not session.storage_url.startswith(
-                ("postgresql", "sqlite:///")):
-            with session.lock:
-                drop_torn_tail(session.storage_url.removeprefix("journal:"))
         return outcome
     queue = session.queue(Owner.here(launch=launch_id))
 
