@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError, crash_line, error_line, unknown_choice
+from harness.arguments import guarded, key_values
+from harness.errors import UserError
 
 HOST = "127.0.0.1"  # never another interface: the dashboard can edit notes and delete studies
 DEFAULTS = {"study": None, "storage": None, "tracking_uri": None, "port": "8080"}
@@ -38,19 +39,7 @@ def parse_args(argv: list[str]) -> dict[str, str | None]:
     Raises:
         UserError: An argument without ``=``, an unknown or repeated key, or an empty value.
     """
-    given: dict[str, str] = {}
-    for argument in argv:
-        key, equals, value = argument.partition("=")
-        if not equals:
-            raise UserError(f"argument '{argument}' is not key=value; keys: {', '.join(DEFAULTS)}")
-        if key not in DEFAULTS:
-            raise unknown_choice("argument", key, DEFAULTS)
-        if key in given:
-            raise UserError(f"argument '{key}' is given twice")
-        if not value:
-            raise UserError(f"argument '{key}=' has no value")
-        given[key] = value
-    return {**DEFAULTS, **given}
+    return key_values(argv, DEFAULTS)
 
 
 def parse_port(text: str) -> int:
@@ -188,18 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv in (["--help"], ["-h"]):
         print(__doc__)
         return 0
-    try:
-        dashboard(argv, announce=lambda line: print(line, flush=True))
-    except UserError as error:
-        print(error_line(error), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nstopped", file=sys.stderr)
-        return 0
-    except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
-        print(crash_line(exc, "harness.dashboard"), file=sys.stderr)
-        return 1
-    return 0
+    # Ctrl-C is how a dashboard is meant to end: exit code 0.
+    return guarded("harness.dashboard",
+                   lambda: dashboard(argv, announce=lambda line: print(line, flush=True)),
+                   interrupted="stopped", interrupted_code=0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import math
 import sys
 from pathlib import Path
 
-from harness.errors import UserError, abbreviated, crash_line, error_line, unknown_choice
+from harness.arguments import guarded, key_values
+from harness.errors import UserError, abbreviated
 
 DEFAULTS = {
     "study": None,
@@ -48,19 +49,10 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     Raises:
         UserError: An argument without ``=``, an unknown or repeated key, or no study.
     """
-    given: dict[str, str] = {}
-    for argument in argv:
-        key, equals, value = argument.partition("=")
-        if not equals:
-            raise UserError(f"argument '{argument}' is not key=value; keys: {', '.join(DEFAULTS)}")
-        if key not in DEFAULTS:
-            raise unknown_choice("argument", key, DEFAULTS)
-        if key in given:
-            raise UserError(f"argument '{key}' is given twice")
-        given[key] = value
-    if not given.get("study"):
+    values = key_values(argv, DEFAULTS, empty_allowed=True)
+    if not values["study"]:
         raise UserError("missing study=NAME, e.g. python -m harness.export study=tricks")
-    return {**DEFAULTS, **given}  # type: ignore[dict-item]
+    return values  # type: ignore[return-value]
 
 
 def resolve_budget(budget: str) -> str:
@@ -146,19 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code: 0 on success, 2 for a user's mistake.
     """
-    try:
-        text = export(sys.argv[1:] if argv is None else argv)
-    except UserError as error:
-        print(error_line(error), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
-        print(crash_line(exc, "harness.export"), file=sys.stderr)
-        return 1
-    print(text)
-    return 0
+    return guarded("harness.export", lambda: export(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

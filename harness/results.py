@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError, crash_line, error_line, unknown_choice
+from harness.arguments import guarded, key_values
+from harness.errors import UserError, unknown_choice
 from harness.export import SQLITE_PREFIX, readable_tracking_uri, resolve_budget
 
 DEFAULTS = {
@@ -83,21 +84,10 @@ def parse_args(argv: list[str]) -> dict[str, str | None]:
         UserError: An argument without ``=``, an unknown or repeated key, an empty value, or
             ``parent=`` without ``study=``.
     """
-    given: dict[str, str] = {}
-    for argument in argv:
-        key, equals, value = argument.partition("=")
-        if not equals:
-            raise UserError(f"argument '{argument}' is not key=value; keys: {', '.join(DEFAULTS)}")
-        if key not in DEFAULTS:
-            raise unknown_choice("argument", key, DEFAULTS)
-        if key in given:
-            raise UserError(f"argument '{key}' is given twice")
-        if not value:
-            raise UserError(f"argument '{key}=' has no value")
-        given[key] = value
-    if "parent" in given and "study" not in given:
+    values = key_values(argv, DEFAULTS)
+    if values["parent"] is not None and values["study"] is None:
         raise UserError("parent=RUN_ID needs study=NAME: a parent run belongs to one study")
-    return {**DEFAULTS, **given}
+    return values
 
 
 @dataclass
@@ -537,19 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv in (["--help"], ["-h"]):
         print(__doc__)
         return 0
-    try:
-        text = results(argv)
-    except UserError as error:
-        print(error_line(error), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the outermost guard: one line, details in a file
-        print(crash_line(exc, "harness.results"), file=sys.stderr)
-        return 1
-    print(text)
-    return 0
+    return guarded("harness.results", lambda: results(argv))
 
 
 if __name__ == "__main__":

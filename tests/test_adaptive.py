@@ -63,7 +63,7 @@ def test_dry_run_says_how_many_rounds_may_follow(capsys):
     assert "round 1 of at most 3" in out and "32 trials at most" in out, out
 
 
-def test_the_cpu_tricks_study_settles_itself_within_32_trials():
+def test_make_run_is_seeds_auto_with_two_rounds_at_most():
     # `make run`: seeds=auto by default on the cpu budget, 2 rounds of 16 at most.
     cfg = build_config(["study=tricks", "budget=cpu"])
     assert cfg.rounds == Rounds(first=(0,), max_seeds=2) and len(cfg.configs) == 16
