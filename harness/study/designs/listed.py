@@ -1,4 +1,4 @@
-"""The configs a study file lists, e.g. airbench's leave-one-out set, each with every seed."""
+"""The configs a study file lists, e.g. a leave-one-out set, each with every seed."""
 
 from __future__ import annotations
 
