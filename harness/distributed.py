@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import socket
 import sys
@@ -37,6 +38,8 @@ from harness.checks import check_device_fit
 from harness.data import PreparedData
 from harness.errors import UserError
 from harness.tricks import load_tricks
+
+log = logging.getLogger(__name__)
 
 # Seconds the launching process waits for a message from rank 0 before it looks whether a rank
 # died; a dead rank is found within this long.
@@ -375,8 +378,7 @@ def fit_on_devices(fit: FitFunction, recipe: Any, data: PreparedData, device: to
                 here.send(stopped is None)
             else:
                 finished = payload
-        while not ranks.join(timeout=_POLL_SECONDS):
-            pass
+        _wait_for_exit(ranks)
     except ProcessException as error:
         raise RuntimeError(f"a rank of the trial failed: {error}") from None
     finally:
@@ -386,6 +388,20 @@ def fit_on_devices(fit: FitFunction, recipe: Any, data: PreparedData, device: to
             process.join()
         here.close()
     return finished, stopped
+
+
+def _wait_for_exit(ranks: Any) -> None:
+    """Wait for the ranks to end once rank 0 has sent the result.
+
+    A rank that dies while it shuts down (gloo's threads can abort a process at exit, "terminate
+    called without an active exception") takes nothing from a trial whose result is already
+    here, so that is a warning, not a crash.
+    """
+    try:
+        while not ranks.join(timeout=_POLL_SECONDS):
+            pass
+    except ProcessException as error:
+        log.warning("a rank ended badly after the trial's result came back: %s", error)
 
 
 def load_state(finished: Finished) -> dict[str, torch.Tensor]:
@@ -430,6 +446,11 @@ def _rank_main(rank: int, fit: FitFunction, recipe: Any, data: PreparedData, dev
     try:
         result = fit(recipe, data, device=device, callbacks=[report] if rank == 0 else [],
                      progress=progress and rank == 0, description=description)
+        if size > 1:
+            # Every rank that trained to the end waits here for the others before any tears
+            # gloo down, so no rank's threads still talk to a peer that is gone (which can abort
+            # a process at exit).
+            dist.barrier()
         if rank == 0:
             buffer = io.BytesIO()
             torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, buffer)

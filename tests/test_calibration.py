@@ -18,6 +18,10 @@ STUDIES = 1000
 
 
 def _calibration():
+    # One module object however often this file is imported (as test_calibration by pytest,
+    # as tests.test_calibration by test_adaptive): the pool pickles its classes by name.
+    if "calibration" in sys.modules:
+        return sys.modules["calibration"]
     spec = importlib.util.spec_from_file_location("calibration", ROOT / "benchmarks" /
                                                   "calibration.py")
     module = importlib.util.module_from_spec(spec)
