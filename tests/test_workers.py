@@ -216,7 +216,8 @@ def worker_pid(launcher: subprocess.Popen[str]) -> int:
 def test_optuna_heartbeat_on_an_rdb_storage_keeps_live_trials_and_reruns_a_killed_one(
         images, tmp_path):
     # Four configs; trials of 15 s or more on an idle machine (150 epochs), and a grace period
-    # of 5 s, so a trial lives only as long as its heartbeat says. Each worker runs as if on its own host.
+    # of 5 s, so a trial lives only as long as its heartbeat says. Each worker runs as if on its
+    # own host.
     storage = f"sqlite:///{tmp_path}/optuna.db"
     args = [*study_args(images, tmp_path)[:-2], f"storage={storage}", f"out={tmp_path}/report",
             "depth=resnet18", "init=default", "trainer.epochs=150", "trainer.batch_size=4",
