@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from harness.hooks import HOOKS, HookContext, StepHook
+from harness.training.hooks import HOOKS, HookContext, StepHook
 from harness.tricks import Trick, register, removed
 
 HOOK = "alternating_flip"

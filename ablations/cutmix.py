@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from ablations.mixup import BatchMixer
-from harness.hooks import HOOKS, HookContext
+from harness.training.hooks import HOOKS, HookContext
 from harness.tricks import Trick, register
 
 HOOK = "cutmix"

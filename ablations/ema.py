@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from harness.hooks import HOOKS, HookContext, StepHook, WeightCopy, setting
+from harness.training.hooks import HOOKS, HookContext, StepHook, WeightCopy, setting
 from harness.tricks import Trick, register
 
 HOOK = "ema"

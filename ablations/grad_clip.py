@@ -11,35 +11,22 @@ from collections.abc import Mapping
 
 import torch
 
-from harness.hooks import HOOKS, HookContext, OptimizerWrapper, StepHook, setting
+from harness.training.hooks import HOOKS, HookContext, StepHook, setting
 from harness.tricks import Trick, register
 
 HOOK = "grad_clip"
 
 
-class ClippedOptimizer(OptimizerWrapper):
-    """Clip the global gradient norm to ``max_norm``, then step."""
-
-    def __init__(self, inner: torch.optim.Optimizer, max_norm: float) -> None:
-        super().__init__(inner)
-        self.max_norm = max_norm
-        self.params = [p for group in inner.param_groups for p in group["params"]]
-
-    def step(self) -> None:
-        """Clip, then take the inner optimizer's step."""
-        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
-        self.inner.step()
-
-
 class GradientClipping(StepHook):
-    """Wrap the optimizer in :class:`ClippedOptimizer`."""
+    """Clip the global gradient norm of the optimized parameters to ``max_norm`` before a step."""
 
     def __init__(self, settings: Mapping[str, float], context: HookContext) -> None:
         self.max_norm = setting(settings, "max_norm", HOOK)
 
-    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Return the clipping optimizer."""
-        return ClippedOptimizer(optimizer, self.max_norm)
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Scale the gradients down together when their norm exceeds ``max_norm``."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.max_norm)
 
 
 HOOKS.register(HOOK)(GradientClipping)

@@ -12,65 +12,50 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
-from harness.hooks import HOOKS, HookContext, OptimizerWrapper, StepHook, WeightCopy, setting
+from harness.training.hooks import (
+    HOOKS,
+    HookContext,
+    StepHook,
+    WeightCopy,
+    setting,
+)
 from harness.tricks import Trick, register
 
 HOOK = "lookahead"
 
 
-class LookaheadOptimizer(OptimizerWrapper):
-    """Step the inner optimizer; every ``every`` steps pull the slow weights and restart.
+class Lookahead(StepHook):
+    """Every ``every`` steps pull the slow weights toward the fast ones, and restart from them.
 
-    Args:
-        inner: The optimizer of the fast weights.
-        slow: The slow weights, a copy of the model.
+    The slow weights start as the model is when the hook is built, before the first step;
+    evaluation uses them.
+
+    Settings:
         every: k, steps between syncs.
         decay: Per-step decay; a sync keeps decay^k · (t/T)^ramp of the slow weights.
         ramp: Power of the run's progress t/T in that share.
-        total_steps: T.
     """
-
-    def __init__(self, inner: torch.optim.Optimizer, slow: WeightCopy, every: int,
-                 decay: float, ramp: float, total_steps: int) -> None:
-        super().__init__(inner)
-        self.slow, self.every, self.decay, self.ramp = slow, every, decay, ramp
-        self.total_steps = max(total_steps, 1)
-        self.steps = 0
-
-    def step(self) -> None:
-        """Take a fast step; on every k-th, sync the slow and the fast weights."""
-        self.inner.step()
-        self.steps += 1
-        if self.steps % self.every == 0:
-            progress = min(self.steps / self.total_steps, 1.0)
-            kept = self.decay**self.every * progress**self.ramp
-            self.slow.move_toward_live(1.0 - kept)
-            self.slow.copy_to_live()
-
-
-class Lookahead(StepHook):
-    """Wrap the optimizer in :class:`LookaheadOptimizer`, and evaluate the slow weights."""
 
     def __init__(self, settings: Mapping[str, float], context: HookContext) -> None:
         self.every = int(setting(settings, "every", HOOK))
         self.decay = setting(settings, "decay", HOOK)
         self.ramp = setting(settings, "ramp", HOOK)
-        self.model = context.model
-        self.total_steps = context.total_steps
-        self.slow: WeightCopy | None = None
+        self.total_steps = max(context.total_steps, 1)
+        self.slow = WeightCopy(context.model)
 
-    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Return the lookahead optimizer; the slow weights start as the model is now."""
-        self.slow = WeightCopy(self.model)
-        return LookaheadOptimizer(optimizer, self.slow, self.every, self.decay, self.ramp,
-                                  self.total_steps)
+    def after_update(self, step: int) -> None:
+        """On every k-th step, sync the slow and the fast weights."""
+        if step % self.every == 0:
+            progress = min(step / self.total_steps, 1.0)
+            kept = self.decay**self.every * progress**self.ramp
+            self.slow.move_toward_live(1.0 - kept)
+            self.slow.copy_to_live()
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:
-        """Return the slow weights' model (the model itself before any optimizer exists)."""
-        return model if self.slow is None else self.slow.module
+        """Return the slow weights' model."""
+        return self.slow.module
 
 
 HOOKS.register(HOOK)(Lookahead)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from harness.hooks import HOOKS, HookContext, StepHook, class_probabilities, setting
+from harness.training.hooks import HOOKS, HookContext, StepHook, class_probabilities, setting
 from harness.tricks import Trick, register
 
 HOOK = "mixup"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from harness.recipe import ScheduleSpec
-from harness.schedules import SCHEDULES
+from harness.training.schedules import SCHEDULES
 from harness.tricks import Change, Trick, register
 
 DEFAULT_WARMUP_EPOCHS = 0.1

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.evaluate import Infer
-from harness.hooks import HOOKS, HookContext, StepHook, setting
+from harness.training.evaluate import Infer
+from harness.training.hooks import HOOKS, HookContext, StepHook, setting
 from harness.tricks import Trick, register
 
 HOOK = "tta"

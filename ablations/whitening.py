@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import UserError
-from harness.hooks import HOOKS, HookContext, StepHook, setting
+from harness.core.errors import UserError
 from harness.models.parts import DATA_INITIALIZERS
+from harness.training.hooks import HOOKS, HookContext, StepHook, setting
 from harness.tricks import Trick, appended, register, removed
 
 INITIALIZER = "whiten_patches"

@@ -53,8 +53,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.report import stats  # noqa: E402
 from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, effects_table, option_tests  # noqa: E402
 from harness.report.examples import ExampleResults  # noqa: E402
-from harness.report.verdict import settle_plan, stability  # noqa: E402
-from harness.study.designs.adaptive import Rounds, open_options  # noqa: E402
+from harness.report.verdict import (  # noqa: E402
+    open_options,  # noqa: E402
+    settle_plan,
+    stability,
+)
+from harness.study.designs.adaptive import Rounds  # noqa: E402
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()

@@ -1,9 +1,9 @@
 """What logging each run's per-example test results costs, next to a cpu-budget trial.
 
 Logs CIFAR-10-sized predictions (10,000 test images) the way every trial does
-(:func:`harness.trial_logging.log_test_predictions`: a compressed .npz artifact and the test
-set's digest as a tag) into a fresh SQLite MLflow store, ``--runs`` times, and prints the median
-seconds and the artifact's size. Compare with ``train_seconds`` of a cpu-budget trial.
+(:func:`~harness.tracking.trial_logging.log_test_predictions`: a compressed .npz artifact and the
+test set's digest as a tag) into a fresh SQLite MLflow store, ``--runs`` times, and prints the
+median seconds and the artifact's size. Compare with ``train_seconds`` of a cpu-budget trial.
 
     python benchmarks/example_logging.py --runs 20
 """
@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.prepare import test_digest  # noqa: E402
-from harness.tracking import Tracker  # noqa: E402
-from harness.trial_logging import log_test_predictions  # noqa: E402
+from harness.tracking.store import Tracker  # noqa: E402
+from harness.tracking.trial_logging import log_test_predictions  # noqa: E402
 
 IMAGES = 10_000
 

@@ -294,7 +294,8 @@ def step_tricks_projection(sizes: Sizes, work: Path, log: Log) -> dict[str, Any]
 
 def step_ddp(sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
     """``trainer.devices=N`` on the seed's SimpleCNN, where DDP has landed and N devices exist."""
-    if not (REPO / "harness" / "distributed.py").is_file():
+    ddp_homes = (REPO / "harness" / "training" / "devices.py", REPO / "harness" / "distributed.py")
+    if not any(home.is_file() for home in ddp_homes):
         return {"skipped": "trainer.devices (DDP) is not in this version"}
     import torch
 
@@ -369,13 +370,13 @@ def check(out: Path, dry: bool, only: list[str] | None) -> int:
 
 
 def probe(args: argparse.Namespace) -> int:
-    """Train one small run through ``harness.train.fit``; print its warm-epoch img/s as JSON."""
+    """Train one small run through ``training.trainer.fit``; print its warm-epoch img/s as JSON."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import throughput
     import torch
 
+    from harness.core.devices import resolve_device
     from harness.data import prepare_data
-    from harness.train import resolve_device
 
     device = resolve_device(args.device)
     case = throughput.Case(args.arch, args.width, args.batch, args.images)

@@ -2,11 +2,11 @@
 
 For each case (a model and a batch size) this prints training images/s for
 
-  (a) ``harness.train.fit`` on a Recipe: val_size=0 (no per-epoch eval), constant lr, SGD
+  (a) ``harness.training.loop.fit`` on a Recipe: val_size=0 (no per-epoch eval), constant lr, SGD
       lr 1e-3 momentum 0.9 (the seed's), no augmentation, no progress bars, eager
       (``trainer.compile=false``). Two epochs over ``--images`` images; the second (warm)
       epoch's ``images_per_sec`` is reported.
-  (d) the same with ``trainer.compile=true``: ``torch.compile`` (harness.compiling). Its
+  (d) the same with ``trainer.compile=true``: ``torch.compile`` (harness.training.compiling). Its
       compile seconds are paid before the first step and reported apart (``compile s``: the
       first repeat's, cold in this process; later repeats reuse the compiled graph).
   (b) a minimal hand-written loop over the same preloaded tensors (``PreparedData.train_x``/
@@ -37,7 +37,7 @@ harness's ``Placement``: fp32 on the CPU; bf16 autocast and channels_last on CUD
     python benchmarks/throughput.py --cases simplecnn-b128 --toggles ema=on,grad_clip=on
 
 ``--toggles`` applies trick options to (a) only, e.g. tricks that act through the loop's step
-hooks (``harness.hooks``): (a)/(b) is then the cost of those hooks on top of the bare loop.
+hooks (``harness.training.hooks``): (a)/(b) is then the cost of those hooks on top of the bare loop.
 Without it, (a) runs the loop with its hook points present and no hook registered.
 ``--devices N`` trains (a) on N DDP ranks (``trainer.devices``; gloo ranks on the CPU).
 """
@@ -64,8 +64,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.core.devices import resolve_device
+from harness.core.errors import UserError
 from harness.data import PreparedData, load_dataset, prepare_data
-from harness.errors import UserError
 from harness.models import build_model
 from harness.recipe import (
     AugmentSpec,
@@ -76,7 +77,8 @@ from harness.recipe import (
     ScheduleSpec,
     TrainerSpec,
 )
-from harness.train import Placement, device_name, fit, resolve_device
+from harness.training.placement import Placement, device_name
+from harness.training.trainer import fit
 from harness.tricks import apply_toggles
 
 # The seed's optimizer: plain SGD, no weight decay.
@@ -590,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     device = resolve_device(args.device)
-    # fit uses every core on the CPU (harness.train), so (b) and (c) are given the same count.
+    # fit uses every core on the CPU (training.loop), so (b) and (c) are given the same count.
     args.threads = (os.cpu_count() or 1) if device.type == "cpu" else torch.get_num_threads()
     torch.set_num_threads(args.threads)
     info = machine_info(device, args.threads)

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.arguments import guarded, key_values
-from harness.errors import UserError
+from harness.config.arguments import guarded, key_values
+from harness.core.errors import UserError
 
 HOST = "127.0.0.1"  # never another interface: the dashboard can edit notes and delete studies
 DEFAULTS = {"study": None, "storage": None, "tracking_uri": None, "port": "8080"}
@@ -60,12 +60,12 @@ def resolve_storage(args: dict[str, str | None]) -> str:
         UserError: The storage does not exist, or is not an Optuna storage (an MLflow
             database, a text file, an unsupported URL).
     """
-    from harness.checks import check_driver, check_journal, check_optuna_sqlite
+    from harness.core.checks import check_driver, check_journal, check_optuna_sqlite
     from harness.study.storage import RDB_PREFIXES, check_storage, default_storage
 
     storage = args["storage"]
     if storage is None:
-        from harness.config import DEFAULT_STUDY, DEFAULT_TRACKING_URI
+        from harness.config.settings import DEFAULT_STUDY, DEFAULT_TRACKING_URI
 
         study = args["study"] or DEFAULT_STUDY
         storage = default_storage(study, args["tracking_uri"] or DEFAULT_TRACKING_URI)

@@ -20,8 +20,8 @@ import math
 import sys
 from pathlib import Path
 
-from harness.arguments import guarded, key_values
-from harness.errors import UserError, abbreviated
+from harness.config.arguments import guarded, key_values
+from harness.core.errors import UserError, abbreviated
 
 DEFAULTS = {
     "study": None,
@@ -76,7 +76,7 @@ def readable_tracking_uri(tracking_uri: str) -> str:
         path = Path(tracking_uri[len(SQLITE_PREFIX) :])
         if not path.is_file():
             raise UserError(f"no MLflow store at {path} (from tracking_uri={tracking_uri})")
-    from harness.tracking import check_tracking_uri
+    from harness.tracking.store import check_tracking_uri
 
     return check_tracking_uri(tracking_uri)
 
@@ -103,7 +103,7 @@ def export(argv: list[str]) -> str:
     """
     args = parse_args(argv)
     budget = resolve_budget(args["budget"])
-    from harness.preflight import check_export
+    from harness.config.preflight import check_export
 
     check_export(args["tracking_uri"], args["out"])
     tracking_uri = readable_tracking_uri(args["tracking_uri"])

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import UserError, unknown_choice
+from harness.core.errors import UserError, unknown_choice
 
 CROP_FILLS = ("zeros", "reflect")  # what fills the padding of a random crop
 
@@ -107,7 +107,7 @@ class TrainerSpec:
     grad_accum: int = 1  # optimizer steps every this many batches
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     # torch.compile the model: "auto" where it should pay (CUDA, and the CPU for runs long
-    # enough to repay compiling), true to always try, false never (harness.compiling). Off by
+    # enough to repay compiling), true to always try, false never (training.compiling). Off by
     # default: on 2 CPU cores it gained 1.24-1.29x on a ResNet and lost on SimpleCNN
     # (BENCHMARKS.md), which does not repay a cold compile per architecture.
     compile: bool | str = False
@@ -115,7 +115,7 @@ class TrainerSpec:
     # is the global batch, split across them, and the lr is left as it is.
     devices: int = 1
     sync_bn: bool = False  # with devices > 1: BatchNorm statistics over the global batch
-    # Step hooks by registered name (harness.hooks), in order, each with the numbers it reads,
+    # Step hooks by registered name (training.hooks), in order, each with the numbers it reads,
     # e.g. {"NAME": {"decay": 0.999}}. Empty: the loop runs no hook at all.
     hooks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 

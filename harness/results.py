@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.arguments import guarded, key_values
-from harness.errors import UserError, unknown_choice
+from harness.config.arguments import guarded, key_values
+from harness.core.errors import UserError, unknown_choice
 from harness.export import SQLITE_PREFIX, readable_tracking_uri, resolve_budget
 
 DEFAULTS = {
@@ -136,7 +136,7 @@ def _global_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
 
 def _study_and_budget(experiment: str, tags: Mapping[str, str]) -> tuple[str, str]:
-    from harness.tracking import Tag
+    from harness.tracking.schema import Tag
 
     study, budget = tags.get(Tag.STUDY), tags.get(Tag.BUDGET)
     if study and budget:
@@ -148,7 +148,7 @@ def _study_and_budget(experiment: str, tags: Mapping[str, str]) -> tuple[str, st
 def _design(tags: Mapping[str, str]) -> tuple[str, bool]:
     """Return the design's name as the listing shows it, and whether it queues every cell."""
     from harness.study.designs import from_record
-    from harness.tracking import Tag
+    from harness.tracking.schema import Tag
 
     design = from_record(tags.get(Tag.DESIGN), tags.get(Tag.KIND), Tag.CONFIGS in tags)
     return ("optuna search" if design.searches else design.name), design.queued
@@ -192,7 +192,7 @@ def study_state(client: Any, tracking_uri: str, experiment: Any, parents: list[A
 
     from harness.report.load import _study_runs
     from harness.report.tables import is_result
-    from harness.tracking import Tag
+    from harness.tracking.schema import Tag
 
     by_id = {run.info.run_id: run for run in parents}
     if parent_run_id is not None and parent_run_id not in by_id:
@@ -352,10 +352,10 @@ def report_places(state: StudyState, exports: str) -> str:
 def _open_store(tracking_uri: str) -> tuple[Any, str]:
     """Check the store without writing to it, then return a client and its resolved URI.
 
-    The checks are those of ``harness.preflight.check_export``, called one by one: that module
+    The checks are those of ``config.preflight.check_export``, called one by one: that module
     imports torch, seconds that a listing does not need.
     """
-    from harness.checks import check_driver, check_mlflow_sqlite, check_tracking_scheme
+    from harness.core.checks import check_driver, check_mlflow_sqlite, check_tracking_scheme
 
     check_tracking_scheme(tracking_uri)
     check_driver("tracking_uri", tracking_uri)
@@ -380,7 +380,7 @@ def _open_store(tracking_uri: str) -> tuple[Any, str]:
 
 def _studies(client: Any) -> list[tuple[Any, list[Any], str, str]]:
     """Return ``(experiment, parents newest first, study, budget)`` of each study in the store."""
-    from harness.tracking import Tag
+    from harness.tracking.schema import Tag
 
     found = []
     for experiment in client.search_experiments():
@@ -462,7 +462,7 @@ def _verdict_head(markdown: str) -> str:
 
 def show_study(args: Mapping[str, str | None]) -> str:
     """Return one study's verdict: reused from its logged report, or recomputed if stale."""
-    from harness.checks import check_writable_folder
+    from harness.core.checks import check_writable_folder
 
     check_writable_folder("exports", str(args["exports"]))  # before the store is opened
     client, tracking_uri = _open_store(str(args["tracking_uri"]))

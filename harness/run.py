@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from harness import distributed
-from harness.config import RunConfig, build_config, help_text
-from harness.errors import UserError, crash_line, error_line
-from harness.faults import (
+from harness.config.preflight import check_run
+from harness.config.settings import RunConfig, build_config, help_text, with_more_seeds
+from harness.core.devices import resolve_device
+from harness.core.errors import UserError, crash_line, error_line
+from harness.core.faults import (
     EXIT_DISK_FULL,
     EXIT_UNREACHABLE,
     DiskFull,
@@ -25,9 +26,9 @@ from harness.faults import (
     full_path,
     is_disk_full,
 )
-from harness.preflight import check_run
 from harness.study import config_label
-from harness.train import device_name, fit, resolve_device
+from harness.training import devices, ranks
+from harness.training.placement import device_name
 from harness.tricks import describe_tricks, toggle_changes
 
 if TYPE_CHECKING:  # the runner pulls in MLflow, which --help and --dry-run do not need
@@ -118,12 +119,12 @@ def run(argv: Sequence[str]) -> int:
     if "--list-tricks" in flags:
         print(describe_tricks())
         return 0
-    cfg = build_config(overrides)
+    cfg = with_more_seeds(build_config(overrides))
     check_run(cfg)  # before any data is read or store opened, --dry-run included
-    if distributed.torchrun_rank():
+    if ranks.torchrun_rank():
         # A rank other than 0 under torchrun: it trains what rank 0 announces and says nothing.
         if "--dry-run" not in flags:
-            distributed.follow(fit, cfg.device)
+            devices.follow(cfg.device)
         return 0
     requested = next((o.split("=", 1)[1] for o in overrides if o.startswith("budget=")), "auto")
     print(headline(cfg, requested), flush=True)
@@ -132,12 +133,12 @@ def run(argv: Sequence[str]) -> int:
         return 0
     try:
         if cfg.rounds is not None:
-            from harness.study_rounds import run_rounds
+            from harness.study.rounds import run_rounds
 
             return run_rounds(cfg, run_once)
         return exit_code(run_once(cfg)[0])
     finally:
-        distributed.release_followers()  # under torchrun: the other ranks end with the study
+        ranks.release_followers()  # under torchrun: the other ranks end with the study
 
 
 def run_once(cfg: RunConfig, alpha: float | None = None, printed: bool = True
@@ -153,7 +154,7 @@ def run_once(cfg: RunConfig, alpha: float | None = None, printed: bool = True
         What the command did, and the report (None when no trial has a result yet).
     """
     from harness.study.launchers import run_study
-    from harness.study_report import report_study
+    from harness.study.reporting import report_study
 
     outcome = run_study(cfg.plan(), cfg.launch)
     for lost in outcome.lost_workers:

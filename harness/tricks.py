@@ -19,14 +19,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import unknown_choice
+from harness.core.errors import unknown_choice
+from harness.core.registry import Registry
 from harness.recipe import SECTIONS, Recipe, coerce, field_types
-from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ TRICKS: Registry[Trick] = Registry("trick")
 
 def register(trick: Trick) -> Trick:
     """Add ``trick`` to the registry; call it once at the bottom of each ``ablations/`` file."""
-    return TRICKS.register(trick.name)(trick)
+    caller = sys._getframe(1).f_globals.get("__name__", "__main__")
+    return TRICKS.register(trick.name, module=caller)(trick)
 
 
 def load_tricks(package: str = "ablations") -> Registry[Trick]:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import build_config
-from harness.errors import UserError
+from harness.config.settings import build_config
+from harness.core.errors import UserError
 from harness.report import stats
 from harness.run import main
 from harness.study.designs.adaptive import Rounds
-from harness.tracking import Tag
+from harness.tracking.schema import Tag
 from tests.test_calibration import calibration
 from tests.test_growth import args_for, experiment_runs, finished, images  # noqa: F401
 from tests.test_workers import harness

@@ -9,12 +9,12 @@ import pytest
 import torch
 from tiny_data import tiny_data
 
-from harness import compiling
-from harness.config import build_config
-from harness.errors import UserError
+from harness.config.settings import build_config
+from harness.core.errors import UserError
 from harness.recipe import ModelSpec, Recipe, TrainerSpec
 from harness.study.identity import trial_identity
-from harness.train import fit
+from harness.training import compiling
+from harness.training.trainer import fit
 
 
 @pytest.fixture(scope="module")

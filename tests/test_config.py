@@ -1,7 +1,7 @@
 import pytest
 
-from harness.config import build_config, help_text, parse_overrides
-from harness.errors import UserError
+from harness.config.settings import build_config, help_text, parse_overrides
+from harness.core.errors import UserError
 from harness.run import describe_plan, main
 from harness.study import list_studies, parse_study
 

@@ -13,11 +13,12 @@ import warnings
 import pytest
 import torch
 
-from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.data import prepare_data
-from harness.evaluate import evaluate
 from harness.recipe import DataSpec, ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, TrainerSpec
-from harness.train import Placement, fit
+from harness.tracking.checkpoint import load_checkpoint, save_checkpoint
+from harness.training.evaluate import evaluate
+from harness.training.placement import Placement
+from harness.training.trainer import fit
 
 pytestmark = [
     pytest.mark.cuda,

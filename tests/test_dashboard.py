@@ -79,7 +79,7 @@ def test_dashboard_serves_the_default_journal_of_a_study(tmp_path):
 
 
 def test_the_default_is_the_default_study_journal_beside_the_default_store(monkeypatch, tmp_path):
-    from harness.config import DEFAULT_STUDY, DEFAULT_TRACKING_URI
+    from harness.config.settings import DEFAULT_STUDY, DEFAULT_TRACKING_URI
 
     monkeypatch.chdir(tmp_path)
     expected = journal_with_a_study(Path(default_storage(DEFAULT_STUDY, DEFAULT_TRACKING_URI)))

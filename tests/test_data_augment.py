@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.core.errors import UserError
 from harness.data import AUGMENTATIONS, augment
-from harness.errors import UserError
 from harness.recipe import AugmentSpec
 
 

@@ -11,9 +11,9 @@ import torch
 from conftest import make_image_folder
 from PIL import Image
 
+from harness.core.errors import UserError
 from harness.data import Dataset, load_dataset, sources
 from harness.data.sources import CIFAR10_CLASSES, clear_memo
-from harness.errors import UserError
 from harness.recipe import DataSpec
 
 

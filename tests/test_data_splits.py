@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import make_image_folder
 
+from harness.core.errors import UserError
 from harness.data import Dataset, ImageSet, iterate_batches, load_dataset, make_splits, prepare_data
 from harness.data.sources import clear_memo
 from harness.data.splits import stratified_counts
-from harness.errors import UserError
 from harness.recipe import DataSpec
 
 TRAIN_COUNTS = (500, 300, 200)

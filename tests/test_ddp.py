@@ -15,13 +15,13 @@ import pytest
 import torch
 from tiny_data import tiny_data
 
-from harness.checks import check_device_fit
-from harness.config import build_config
-from harness.distributed import Group, Shard
-from harness.errors import UserError
-from harness.preflight import check_trial_devices, trial_recipes
+from harness.config.preflight import check_trial_devices, trial_recipes
+from harness.config.settings import build_config
+from harness.core.checks import check_device_fit
+from harness.core.errors import UserError
 from harness.recipe import AugmentSpec, ModelSpec, OptimizerSpec, Recipe, TrainerSpec
-from harness.train import fit
+from harness.training.ranks import Group, Shard
+from harness.training.trainer import fit
 
 REPO = Path(__file__).resolve().parents[1]
 # The tests that train start two Python processes (or more) each: slow ones.
@@ -101,8 +101,8 @@ def test_a_global_batch_too_small_for_the_devices_is_one_line():
 def test_tricks_study_on_two_ranks_finishes_every_trial(learnable_folder, tmp_path):
     from test_study import store_args, trial_runs
 
-    from harness.checkpoint import load_checkpoint
     from harness.run import main
+    from harness.tracking.checkpoint import load_checkpoint
 
     assert main(["study=tricks", "trainer.devices=2", *store_args(learnable_folder,
                                                                    tmp_path)]) == 0

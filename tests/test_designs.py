@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.config import build_config
-from harness.errors import UserError
+from harness.config.settings import build_config
+from harness.core.errors import UserError
 from harness.report import interactions, main_effects
 from harness.run import main
 from harness.study.designs import DESIGNS, from_record

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from harness.evaluate import evaluate, predict, score
+from harness.training.evaluate import evaluate, predict, score
 
 
 def test_scores_from_known_logits():

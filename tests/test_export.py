@@ -188,6 +188,7 @@ def test_effects_equal_the_mean_difference_of_config_means(exported):
     out = exported["out"]
     configs = pd.read_csv(out / "configs.csv").set_index(list(FACTORS))
     effects = pd.read_csv(out / "effects.csv")
+    assert len(effects) == 3  # stem=deep, optimizer=adam, optimizer=lamb: the loop checks each
     for row in effects.itertuples():
         others = [trick for trick in FACTORS if trick != row.trick]
         by_trick = configs["test_acc_mean"].unstack(row.trick)

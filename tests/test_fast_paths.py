@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.divergence import DivergenceWatch
+from harness.training.divergence import DivergenceWatch
 
 
 def test_cpu_watch_looks_every_n_steps():
@@ -30,13 +30,20 @@ def test_cuda_watch_sees_a_nan_a_look_later_without_syncing():
     assert watch.diverged(1, loss)
 
 
-def test_fused_optimizer_kernels_only_when_every_parameter_is_on_cuda():
-    from harness.optimizers import fused_on_cuda
+def test_no_fused_optimizer_kernels_off_cuda():
+    from harness.training.optimizers import fused_on_cuda
 
     cpu = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
     assert fused_on_cuda(cpu) == {}
     assert fused_on_cuda([]) == {}
-    if torch.cuda.is_available():
-        gpu = [{"params": [torch.nn.Parameter(torch.zeros(2, device="cuda"))]}]
-        assert fused_on_cuda(gpu) == {"fused": True}
-        assert fused_on_cuda(cpu + gpu) == {}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_optimizer_kernels_when_every_parameter_is_on_cuda():
+    from harness.training.optimizers import fused_on_cuda
+
+    cpu = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    gpu = [{"params": [torch.nn.Parameter(torch.zeros(2, device="cuda"))]}]
+    assert fused_on_cuda(gpu) == {"fused": True}
+    assert fused_on_cuda(cpu + gpu) == {}

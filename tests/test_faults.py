@@ -22,10 +22,10 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.run import main
 from harness.study.journal import TORN_SUFFIX, repair_journal, scan_journal
-from harness.tracking import Tag
+from harness.tracking.schema import Tag
 from tests.conftest import make_learnable_folder
 from tests.test_growth import experiment_runs, finished, trained_under
 

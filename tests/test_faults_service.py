@@ -2,7 +2,7 @@
 
 The slow tests stop and start a real MLflow tracking server and a real PostgreSQL server under a
 running ``workers=2`` study, and fill a real tmpfs under an embedded one. The fast ones drive the
-retry and buffer logic of :mod:`harness.faults` and :class:`harness.tracking.Outbox` against a
+retry and buffer logic of :mod:`harness.core.faults` and :class:`harness.tracking.Outbox` against a
 port that nothing listens on, and a real full device (``/dev/full``).
 """
 
@@ -23,7 +23,7 @@ import mlflow
 import pytest
 from mlflow.entities import Metric
 
-from harness.faults import (
+from harness.core.faults import (
     EXIT_DISK_FULL,
     EXIT_UNREACHABLE,
     DiskFull,
@@ -33,7 +33,7 @@ from harness.faults import (
     is_disk_full,
     is_unreachable,
 )
-from harness.tracking import Outbox
+from harness.tracking.store import Outbox
 from tests.test_workers import (
     TOGGLES,
     assert_exactly_once,
@@ -117,7 +117,7 @@ def test_a_full_outbox_makes_the_writer_wait_for_the_server(dead_server):
 
 
 def test_retry_window_is_a_setting():
-    from harness.config import build_config
+    from harness.config.settings import build_config
 
     assert build_config(["retry_window=7"]).plan().retry_window == 7.0
     assert build_config([]).plan().retry_window == 300.0

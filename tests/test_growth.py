@@ -17,13 +17,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from harness.config import build_config
-from harness.errors import UserError
+from harness.config.settings import build_config, with_more_seeds
+from harness.core.errors import UserError
 from harness.report import build_report, load_runs
 from harness.report.render import grow_command
 from harness.run import main
 from harness.study.identity import trial_identity
-from harness.tracking import Tag
+from harness.tracking.schema import Tag
 from tests.conftest import make_learnable_folder
 from tests.test_study import store_args
 from tests.test_workers import harness
@@ -206,10 +206,12 @@ def test_runs_without_identity_are_not_reused_and_still_export(images, tmp_path,
 def test_more_seeds_syntax_reads_the_seeds_already_run(images, tmp_path):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     args = [f"study={study}", *args_for(images, tmp_path)]
-    assert build_config([*args, "seeds=+2"]).seeds == (0, 1, 2)  # fresh store: the study's [0]
+    assert build_config([*args, "seeds=+2"]).seeds == (0,)  # parsing reads no store
+    # A fresh store: the study's [0] and two new ones.
+    assert with_more_seeds(build_config([*args, "seeds=+2"])).seeds == (0, 1, 2)
     assert not (tmp_path / "mlflow.db").exists()  # read only: nothing was created
     assert main([*args, "seeds=[0,3]"]) == 0
-    assert build_config([*args, "seeds=+1"]).seeds == (0, 3, 4)
+    assert with_more_seeds(build_config([*args, "seeds=+1"])).seeds == (0, 3, 4)
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:

@@ -10,19 +10,19 @@ import torch
 from tiny_data import tiny_data
 from torch import nn
 
-from harness.errors import UserError
-from harness.hooks import (
+from harness.core.errors import UserError
+from harness.models import build_model
+from harness.recipe import ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, TrainerSpec
+from harness.training.hooks import (
     HOOKS,
     HookContext,
     Hooks,
-    OptimizerWrapper,
     StepHook,
     build_hooks,
     class_probabilities,
 )
-from harness.models import build_model
-from harness.recipe import ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, TrainerSpec
-from harness.train import fit, seed_everything
+from harness.training.loop import seed_everything
+from harness.training.trainer import fit
 
 CALLS: list[tuple] = []  # what the recording hook saw, in order
 
@@ -42,9 +42,13 @@ class Recorder(StepHook):
         CALLS.append(("wrap_loss",))
         return lambda logits, targets: loss_fn(logits, targets) * self.scale
 
-    def wrap_optimizer(self, optimizer):
-        CALLS.append(("wrap_optimizer",))
-        return Counting(optimizer)
+    def before_update(self, optimizer):
+        # The loop keeps a real torch optimizer; its lr is the schedule's (constant here).
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        CALLS.append(("before_update", optimizer.param_groups[0]["lr"]))
+
+    def after_update(self, step):
+        CALLS.append(("after_update", step))
 
     def after_step(self, step):
         CALLS.append(("after_step", step))
@@ -58,14 +62,6 @@ class Recorder(StepHook):
             return infer(model, images) * 2
 
         return doubled
-
-
-class Counting(OptimizerWrapper):
-    steps = 0
-
-    def step(self):
-        Counting.steps += 1
-        super().step()
 
 
 HOOKS.register("test_recorder")(Recorder)
@@ -86,11 +82,10 @@ def data():
 
 def test_every_stage_runs_where_the_loop_says(data):
     CALLS.clear()
-    Counting.steps = 0
     result = fit(recipe(hooks={"test_recorder": {"scale": 1.0}}), data, device="cpu",
                  progress=False)
     stages = [call[0] for call in CALLS]
-    assert stages[:2] == ["wrap_optimizer", "wrap_loss"]
+    assert stages[0] == "wrap_loss"
     batches = [call for call in CALLS if call[0] == "batch"]
     assert [call[1] for call in batches] == [1, 1, 2, 2]  # epochs count from 1
     for epoch in (1, 2):  # the rows of an epoch are the training split once, with its labels
@@ -99,7 +94,11 @@ def test_every_stage_runs_where_the_loop_says(data):
         labels = sum((call[3] for call in batches if call[1] == epoch), [])
         assert labels == data.train_y[rows].tolist()
     assert [call[1] for call in CALLS if call[0] == "after_step"] == [1, 2, 3, 4]
-    assert Counting.steps == 4
+    assert [call[1] for call in CALLS if call[0] == "before_update"] == [0.01] * 4
+    # Each step: its gradients' batch, then before_update, the update, after_update, after_step.
+    steps = [call[0] for call in CALLS if call[0] != "evaluation_model"]
+    assert steps[1:] == ["batch", "before_update", "after_update", "after_step"] * 4
+    assert [call[1] for call in CALLS if call[0] == "after_update"] == [1, 2, 3, 4]
     # Before each epoch's validation, and once more for the run's model.
     assert stages.count("evaluation_model") == 3
     plain = result.model(data.test_x).detach()
@@ -125,9 +124,8 @@ def test_the_loss_wrapper_changes_what_is_minimised():
 def test_unused_stages_are_left_out():
     hooks = Hooks([StepHook()])
     assert hooks.transform_batch is None and hooks.after_step is None and hooks.infer is None
+    assert hooks.before_update is None and hooks.after_update is None
     model = nn.Linear(2, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    assert hooks.wrap_optimizer(optimizer) is optimizer
     assert hooks.evaluation_model(model) is model
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.models import ARCHITECTURES, build_model
 from harness.recipe import ModelSpec
 from harness.tricks import load_tricks

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.recipe import Recipe
 
 

@@ -21,7 +21,7 @@ import harness.report
 from harness import results
 from harness.report.effects import CALLS
 from harness.run import main as run_main
-from harness.tracking import Tag
+from harness.tracking.schema import Tag
 from tests.conftest import make_learnable_folder
 from tests.test_study import store_args
 

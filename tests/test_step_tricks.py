@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from tiny_data import tiny_data
 from torch import nn
 
-from harness.evaluate import evaluate, plain_infer
-from harness.hooks import HOOKS, HookContext, evaluation_infer
 from harness.models import build_model
-from harness.optimizers import build_optimizer, parameter_groups
 from harness.recipe import ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, TrainerSpec
-from harness.train import fit
+from harness.training.evaluate import evaluate, plain_infer
+from harness.training.hooks import HOOKS, HookContext, evaluation_infer
+from harness.training.optimizers import build_optimizer, parameter_groups
+from harness.training.trainer import fit
 from harness.tricks import TRICKS, apply_toggles, load_tricks
 
 load_tricks()
@@ -133,22 +133,27 @@ def test_lookahead_slow_weights_move_toward_the_fast_ones_every_k_steps():
     torch.manual_seed(0)
     x, y = torch.randn(16, 3), torch.randn(16, 1)
 
-    def train(model: nn.Module, optimizer, steps: int) -> None:
+    def train(model: nn.Module, optimizer, steps: int, lookahead=None) -> None:
         for _ in range(steps):
             F.mse_loss(model(x), y).backward()
             optimizer.step()
+            if lookahead is not None:
+                train.steps += 1
+                lookahead.after_update(train.steps)
             optimizer.zero_grad()
+
+    train.steps = 0
 
     model = nn.Linear(3, 1)
     plain = nn.Linear(3, 1)
     plain.load_state_dict(model.state_dict())
     start = model.weight.detach().clone()
     lookahead = hook("lookahead", model=model, total_steps=5)
-    optimizer = lookahead.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
-    train(model, optimizer, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train(model, optimizer, 4, lookahead)
     assert torch.equal(lookahead.evaluation_model(model).weight, start)  # no sync yet
 
-    train(model, optimizer, 1)
+    train(model, optimizer, 1, lookahead)
     train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 5)
     fast = plain.weight.detach()
     kept = 0.95**5  # at the last step of the run, (t/T)^3 = 1
@@ -199,9 +204,10 @@ def test_tta_is_used_by_every_evaluation_of_the_run_and_by_a_rebuilt_checkpoint(
 def test_grad_clip_bounds_the_global_gradient_norm_of_a_step():
     model = nn.Linear(4, 4, bias=False)
     clip = hook("grad_clip", model=model)
-    optimizer = clip.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=1.0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     before = model.weight.detach().clone()
     (model.weight.sum() * 1000).backward()  # gradient norm 4000
+    clip.before_update(optimizer)
     optimizer.step()
     torch.testing.assert_close((model.weight - before).norm(), torch.tensor(1.0))
 

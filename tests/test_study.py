@@ -14,10 +14,10 @@ import optuna
 import pytest
 import torch
 
-from harness.checkpoint import load_checkpoint
 from harness.data import prepare_data
-from harness.evaluate import evaluate
 from harness.run import main
+from harness.tracking.checkpoint import load_checkpoint
+from harness.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 

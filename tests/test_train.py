@@ -13,8 +13,8 @@ from harness.recipe import (
     ScheduleSpec,
     TrainerSpec,
 )
-from harness.schedules import build_schedule
-from harness.train import fit
+from harness.training.schedules import build_schedule
+from harness.training.trainer import fit
 
 
 @pytest.fixture(scope="module")

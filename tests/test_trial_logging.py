@@ -1,11 +1,17 @@
-"""What a trial logs: its test-set size, and a preview that shows every class."""
+"""What a trial logs: its summary metrics as the report reads them, and a preview of every class."""
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
-from harness.run_metrics import Metric
-from harness.trial_logging import preview_indices
+from harness.recipe import Recipe
+from harness.report.tables import class_names
+from harness.tracking.schema import Metric
+from harness.tracking.trial_logging import final_metrics, preview_indices
+from harness.training.evaluate import Evaluation
+from harness.training.loop import TrainResult
+from harness.training.placement import Placement
 
 
 def test_preview_takes_classes_in_turn_from_a_class_sorted_test_set():
@@ -21,6 +27,15 @@ def test_preview_of_a_small_set_shows_all_of_it():
     assert sorted(preview_indices(labels, 32).tolist()) == [0, 1, 2]
 
 
-def test_the_test_set_size_metric_is_not_a_per_class_accuracy():
-    # The report finds per-class accuracies by this prefix; the count must not be mistaken for one.
-    assert not Metric.TEST_IMAGES.startswith(Metric.PER_CLASS_PREFIX)
+def test_the_report_reads_the_logged_per_class_accuracies_and_nothing_else_as_classes():
+    # The report finds per-class accuracies by their prefix; the test-set size and the other
+    # summary metrics a trial logs must not be mistaken for a class.
+    model = torch.nn.Linear(2, 2)
+    result = TrainResult(model=model, placement=Placement.for_recipe(Recipe(), torch.device("cpu")),
+                         status="finished", history=[{"val_acc": 50.0, "train_loss": 1.0}],
+                         train_seconds=2.0, images_seen=100)
+    test = Evaluation(accuracy=75.0, loss=0.5, per_class_accuracy={"cat": 50.0, "dog": 100.0},
+                      confusion=torch.zeros(2, 2, dtype=torch.long), count=4)
+    metrics = final_metrics(result, test)
+    assert metrics[Metric.TEST_IMAGES] == 4.0
+    assert class_names(pd.DataFrame([metrics])) == ["cat", "dog"]

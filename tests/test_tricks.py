@@ -13,13 +13,14 @@ import torch
 from tiny_data import tiny_data
 from torch import nn
 
-from harness.errors import UserError
-from harness.losses import build_loss
+from harness.core.errors import UserError
+from harness.core.registry import Registry
 from harness.models import build_model
-from harness.optimizers import build_optimizer, parameter_groups
 from harness.recipe import SECTIONS, ModelSpec, OptimizerSpec, Recipe, TrainerSpec, field_types
-from harness.registry import Registry
-from harness.train import fit, seed_everything
+from harness.training.loop import seed_everything
+from harness.training.losses import build_loss
+from harness.training.optimizers import build_optimizer, parameter_groups
+from harness.training.trainer import fit
 from harness.tricks import (
     TRICKS,
     Trick,
@@ -257,7 +258,7 @@ def test_triangular_schedule_rises_from_its_start_and_falls_to_its_end():
     recipe = apply(small_recipe(), "schedule", "triangular")
     spec = dataclasses.replace(recipe.schedule, warmup_epochs=2.0, start_lr_fraction=0.2,
                                final_lr_fraction=0.07)
-    from harness.schedules import build_schedule
+    from harness.training.schedules import build_schedule
 
     schedule = build_schedule(spec, 100, 10)  # warmup: 20 steps
     assert schedule(0) == pytest.approx(0.2)

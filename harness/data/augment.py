@@ -17,9 +17,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.errors import UserError
+from harness.core.errors import UserError
+from harness.core.registry import Registry
 from harness.recipe import AugmentSpec
-from harness.registry import Registry
 
 Augmentation = Callable[[torch.Tensor, AugmentSpec, torch.Generator], torch.Tensor]
 

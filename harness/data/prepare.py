@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.core.errors import UserError
 from harness.data.sources import load_dataset
 from harness.data.splits import make_splits
-from harness.errors import UserError
 from harness.recipe import DataSpec
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.errors import UserError, unknown_choice
+from harness.core.errors import UserError, unknown_choice
 from harness.recipe import DataSpec
 
 CIFAR10_CLASSES = (

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.core.errors import UserError
 from harness.data.sources import Dataset, ImageSet
-from harness.errors import UserError
 from harness.recipe import DataSpec
 
 

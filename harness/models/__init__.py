@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.errors import unknown_choice
+from harness.core.errors import unknown_choice
 from harness.models.parts import (
     ARCHITECTURES,
     DATA_INITIALIZERS,

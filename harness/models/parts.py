@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
 STEMS: Registry[Callable[[int, int], nn.Module]] = Registry("stem")

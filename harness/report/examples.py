@@ -1,13 +1,13 @@
 """The test set's share of an effect's noise, from each run's per-example test results.
 
 Every run logs, for each test image in the test set's fixed order, the class it predicted (see
-:mod:`harness.trial_logging`). Two configs measured on one test set differ partly by chance in
-*which* images the test set happens to hold. Over seeds, that part never averages away: it is the
-seed-stable part of the configs' per-example difference, ``Var_i(sum_c w_c p_ci) / N``, where
+:mod:`~harness.tracking.trial_logging`). Two configs measured on one test set differ partly by
+chance in *which* images the test set happens to hold. Over seeds, that part never averages away: it
+is the seed-stable part of the configs' per-example difference, ``Var_i(sum_c w_c p_ci) / N``, where
 ``p_ci`` is the chance, over seeds, that config ``c`` gets image ``i`` right and ``w`` are the
 effect's weights on the configs. It is estimated here by an example × run decomposition: the
-variance over images of the effect's per-example contrast, less the per-example seed noise inside
-it (measured between the seeds of each config).
+variance over images of the effect's per-example contrast, less the per-example seed noise inside it
+(measured between the seeds of each config).
 
 Stores written before per-example results were logged fall back to a bound that no distribution
 of per-example chances can exceed (:func:`pair_bound`, :func:`contrast_bound`).

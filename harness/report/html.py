@@ -32,8 +32,7 @@ from harness.report.render import (
 )
 from harness.report.tables import class_names
 from harness.report.verdict import Verdict
-from harness.run_metrics import Metric
-from harness.tracking import Tag
+from harness.tracking.schema import Metric, Tag
 
 NOT_RECORDED = "not recorded"
 """What the provenance shows for a value no run recorded."""

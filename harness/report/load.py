@@ -17,12 +17,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from harness.errors import UserError, unknown_choice
+from harness.core.errors import UserError, unknown_choice
 from harness.report.examples import ExampleResults
 from harness.report.tables import Factors, option_text
-from harness.run_metrics import Artifact, Metric, Param
 from harness.study.designs import from_record
-from harness.tracking import Tag
+from harness.tracking.schema import Artifact, Metric, Param, Tag
 
 IMPORTANCE_COLUMNS = ("param", "importance")
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.run_metrics import Metric
+from harness.tracking.schema import Metric
 
 Factors = Mapping[str, Sequence[str]]
 """Trick name → its options in study order; the first option is the neutral default."""

@@ -382,3 +382,25 @@ def pareto_verdict(
         alpha=alpha,
         best_trial=_best_trial(runs, factors) if searched else None,
     )
+
+
+def open_options(effects: pd.DataFrame, plan: SettlePlan
+                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split the undetermined options into those more seeds may settle and those they cannot.
+
+    The rounds go on while the first list is not empty.
+
+    Args:
+        effects: The report's effects table (``trick``, ``option``, ``call``).
+        plan: The report's :class:`SettlePlan`: its ``beyond`` and
+            ``bounded`` options are those no number of seeds settles.
+
+    Returns:
+        (open, hopeless): the undetermined options in study order.
+    """
+    undetermined = [(trick, option) for trick, option, call
+                    in zip(effects["trick"], effects["option"], effects["call"])
+                    if call == UNDETERMINED]
+    stuck = set(plan.beyond) | set(plan.bounded)
+    return ([key for key in undetermined if key not in stuck],
+            [key for key in undetermined if key in stuck])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.report import stats
 from harness.report.effects import CALLS, INTERACTION_COLUMNS, interactions
 from harness.report.examples import ExampleResults
@@ -277,7 +277,7 @@ def recorded_tags(tracking_uri: str, meta: Mapping[str, Any],
     """
     import mlflow
 
-    from harness.tracking import Tag
+    from harness.tracking.schema import Tag
 
     client = mlflow.MlflowClient(tracking_uri)
     found = [client.get_run(meta["parent_run_id"])]
@@ -306,7 +306,7 @@ def log_calls_to_mlflow(verdict: Verdict, parent_run_id: str, tracking_uri: str)
 
     import mlflow
 
-    from harness.tracking import Tag
+    from harness.tracking.schema import Tag
 
     client = mlflow.MlflowClient(tracking_uri)
     counts = verdict.effects["call"].value_counts()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 TORN_SUFFIX = ".torn-"
 

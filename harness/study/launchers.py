@@ -8,7 +8,7 @@ worker's. ``launcher=slurm`` submits the workers as one job array through submit
 wherever it runs, is an ordinary worker on the shared storage and tracking store.
 
 A worker that a fault stops (a full disk, a store unreachable past ``retry_window``) ends with
-one line and its own exit code (:mod:`harness.faults`); a full disk stops the other local
+one line and its own exit code (:mod:`harness.core.faults`); a full disk stops the other local
 workers too. The launcher then leaves the stores as they are, for the next start to repair.
 """
 
@@ -28,9 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checks import check_can_submit
-from harness.errors import UserError
-from harness.faults import EXIT_DISK_FULL
+from harness.core.checks import check_can_submit
+from harness.core.devices import resolve_device, usable_cores
+from harness.core.errors import UserError
+from harness.core.faults import EXIT_DISK_FULL
 from harness.study.launch import Launch, SlurmSettings
 from harness.study.plan import Plan
 from harness.study.progress import WorkerBoard
@@ -43,8 +44,7 @@ from harness.study.runner import (
     WorkerResult,
     prepare_study,
 )
-from harness.tracking import check_tracking_uri
-from harness.train import resolve_device
+from harness.tracking.store import check_tracking_uri
 
 STOP_GRACE_SECONDS = 60  # how long stopped workers get to mark their runs before SIGKILL
 POLL_SECONDS = 1.0  # how often the launcher redraws the workers' lines
@@ -103,14 +103,6 @@ def worker_slots(workers: int, gpus: Sequence[str], cores: Sequence[int]) -> lis
                  if workers <= count else [cores[index % count]])
         slots.append(Slot(index, gpus[index % len(gpus)] if gpus else None, tuple(share)))
     return slots
-
-
-def usable_cores() -> list[int]:
-    """Return the cores this process may run on."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no affinity call
-        return list(range(os.cpu_count() or 1))
 
 
 def run_worker_task(task: WorkerTask) -> WorkerResult:

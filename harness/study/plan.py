@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.faults import RETRY_WINDOW
+from harness.core.faults import RETRY_WINDOW
 from harness.recipe import Recipe
 from harness.study.designs import Design
 from harness.study.identity import computed_content, trial_identity

@@ -32,7 +32,8 @@ from optuna.trial import TrialState
 
 from harness.study.plan import Plan, study_key
 from harness.study.queue import IDENTITY_ATTR, REUSED_ATTR, RUN_ATTR, covers, key_of
-from harness.tracking import Tag, Tracker
+from harness.tracking.schema import Tag
+from harness.tracking.store import Tracker
 
 ROOT_PARAM = "data.root"  # the MLflow param of a trial run's data root (Recipe.flat)
 

@@ -3,11 +3,11 @@
 ``prepare_study`` is what a command does before any worker starts: it checks the data, creates
 the Optuna study and the MLflow parent run (under the queue lock, so concurrent commands make
 one of each) and fills the queue. A ``Worker`` then claims trial after trial until the queue is
-drained, trains each through ``harness.train.fit`` and logs it to one MLflow child run.
+drained, trains each through ``harness.training.loop.fit`` and logs it to one MLflow child run.
 
 A worker rides through a short outage of the tracking server or the database: every storage call
-it makes is retried for ``retry_window`` (:class:`harness.faults.Outage`), and MLflow writes wait
-in the tracker's outbox while training goes on. A trial is told done only once its logs reached
+it makes is retried for ``retry_window`` (:class:`~harness.core.faults.Outage`), and MLflow writes
+wait in the tracker's outbox while training goes on. A trial is told done only once its logs reached
 MLflow. Past the window, or on a full disk, the worker stops with its trial marked so that the
 next start queues it again (:attr:`WorkerResult.stopped`).
 """
@@ -29,9 +29,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.data import PreparedData, prepare_data
-from harness.evaluate import Evaluation
-from harness.faults import (
+from harness.core.devices import resolve_device
+from harness.core.faults import (
     EXIT_DISK_FULL,
     EXIT_UNREACHABLE,
     DiskFull,
@@ -40,7 +39,7 @@ from harness.faults import (
     full_path,
     is_disk_full,
 )
-from harness.provenance import environment_tags
+from harness.data import PreparedData, prepare_data
 from harness.recipe import Recipe
 from harness.study.plan import Plan, config_label, run_name
 from harness.study.queue import (
@@ -57,9 +56,13 @@ from harness.study.queue import (
 )
 from harness.study.reuse import adopt_finished, earlier_study, reused_count, supersede
 from harness.study.storage import default_storage, heartbeat_interval, open_storage, queue_lock
-from harness.tracking import Tag, Tracker
-from harness.train import device_name, fit, resolve_device
-from harness.trial_logging import log_trial_outcome
+from harness.tracking.provenance import environment_tags
+from harness.tracking.schema import Tag
+from harness.tracking.store import Tracker
+from harness.tracking.trial_logging import log_trial_outcome
+from harness.training.evaluate import Evaluation
+from harness.training.placement import device_name
+from harness.training.trainer import fit
 from harness.tricks import TRICKS
 
 # BruteForceSampler and the heartbeat are "experimental" in Optuna; the warning says nothing to

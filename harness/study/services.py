@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 DEFAULT_FOLDER = Path("mlruns") / "services"

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
-from harness.checks import MAX_INTEGER, check_integer_size, check_path_names
-from harness.errors import UserError, unknown_choice
+from harness.core.checks import MAX_INTEGER, check_integer_size, check_path_names
+from harness.core.errors import UserError, unknown_choice
 from harness.study.designs import DESIGNS, Design, design_from
 from harness.tricks import TRICKS, load_tricks
 
@@ -89,8 +90,9 @@ class StudySpec:
 
     def budget_recipe(self, budget: str) -> dict[str, Any]:
         """Return the recipe overrides of ``budget`` (smoke has a built-in floor)."""
-        base = _merge(SMOKE_RECIPE, {}) if budget == "smoke" else {}
-        return _merge(base, self.budgets.get(budget, {}).get("recipe", {}))
+        base = SMOKE_RECIPE if budget == "smoke" else {}
+        merged = OmegaConf.merge(base, self.budgets.get(budget, {}).get("recipe", {}))
+        return OmegaConf.to_container(merged)
 
     def seeds_for(self, budget: str) -> list[int]:
         """Return the budget's seeds, else the study's."""
@@ -267,13 +269,3 @@ def _design(raw: Mapping[str, Any], lists_configs: bool, where: str) -> Design:
         raise unknown_choice(f"design in {where}", name, DESIGNS)
     values = {"resolution": raw["resolution"]} if "resolution" in raw else {}
     return design_from(name, values, where)
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: (_merge(v, {}) if isinstance(v, Mapping) else v) for k, v in base.items()}
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -22,8 +22,8 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from harness.errors import UserError
-from harness.locks import FileLock
+from harness.core.errors import UserError
+from harness.core.locks import FileLock
 from harness.study.journal import repair_journal
 
 RDB_PREFIXES = ("sqlite:///", "postgresql")
@@ -136,7 +136,7 @@ class _AdvisoryLock(AbstractContextManager[None]):
             try:
                 connection = self._engine.connect()
             except Exception as exc:  # noqa: BLE001 - the server is down or refuses us
-                # The cause stays attached: harness.faults retries a server that restarts.
+                # The cause stays attached: harness.core.faults retries a server that restarts.
                 raise _storage_error(self.url, exc) from exc
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"),
                                {"key": _PG_LOCK_KEY})

@@ -2,8 +2,8 @@
 
 The launcher (``workers=N``) writes the task, starts this, relays its output and reads the result
 back. The exit code is 130 after Ctrl-C, 2 for a user error, 74 on a full disk, 75 when a store
-stayed unreachable past ``retry_window`` (:mod:`harness.faults`), 0 otherwise (a crashed trial is
-in the result).
+stayed unreachable past ``retry_window`` (:mod:`~harness.core.faults`), 0 otherwise (a crashed
+trial is in the result).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.faults import EXIT_DISK_FULL, EXIT_UNREACHABLE, DiskFull, StoreUnreachable
+from harness.core.errors import UserError
+from harness.core.faults import EXIT_DISK_FULL, EXIT_UNREACHABLE, DiskFull, StoreUnreachable
 from harness.study.launchers import run_worker_task
 from harness.study.runner import WorkerResult
 

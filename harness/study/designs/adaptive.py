@@ -23,12 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from harness.report.verdict import SettlePlan
 
 AUTO = "auto"
 DEFAULT_MAX_SEEDS = 5
@@ -66,30 +60,6 @@ class Rounds:
             seeds.append(following)
             following += 1
             yield tuple(seeds)
-
-
-def open_options(effects: pd.DataFrame, plan: SettlePlan
-                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split the undetermined options into those more seeds may settle and those they cannot.
-
-    The rounds go on while the first list is not empty.
-
-    Args:
-        effects: The report's effects table (``trick``, ``option``, ``call``).
-        plan: The report's :class:`~harness.report.verdict.SettlePlan`: its ``beyond`` and
-            ``bounded`` options are those no number of seeds settles.
-
-    Returns:
-        (open, hopeless): the undetermined options in study order.
-    """
-    from harness.report.effects import UNDETERMINED
-
-    undetermined = [(trick, option) for trick, option, call
-                    in zip(effects["trick"], effects["option"], effects["call"])
-                    if call == UNDETERMINED]
-    stuck = set(plan.beyond) | set(plan.bounded)
-    return ([key for key in undetermined if key not in stuck],
-            [key for key in undetermined if key in stuck])
 
 
 def projected_seconds(trials: int, seconds_per_trial: float, workers: int) -> float:

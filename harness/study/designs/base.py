@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from harness.errors import UserError
-from harness.registry import Registry
+from harness.core.errors import UserError
+from harness.core.registry import Registry
 
 if TYPE_CHECKING:
     import optuna

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.study.designs.base import DESIGNS, Configs, Design
 from harness.study.designs.fractions import Fraction, alias_lines, fraction
 

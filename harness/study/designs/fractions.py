@@ -18,7 +18,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 SEARCH_LIMIT = 200_000
 """Generator sets tried exhaustively per fraction size; past it the search is greedy."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.study.designs.base import DESIGNS, Configs, Design
 
 

@@ -14,46 +14,35 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.checks import (
+from harness.config.settings import RunConfig
+from harness.core.checks import (
     check_can_submit,
     check_device,
     check_device_fit,
     check_driver,
     check_journal,
-    check_mlflow_sqlite,
     check_optuna_sqlite,
     check_path_names,
-    check_tracking_scheme,
+    check_tracking,
     check_writable_folder,
     finite_number,
 )
-from harness.config import RunConfig
+from harness.core.devices import usable_cores
+from harness.core.errors import UserError, unknown_choice
 from harness.data.augment import AUGMENTATIONS
-from harness.distributed import torchrun_size
-from harness.errors import UserError, unknown_choice
-from harness.hooks import HOOKS
-from harness.losses import LOSSES
 from harness.models.parts import ARCHITECTURES, DATA_INITIALIZERS, INITIALIZERS, SHORTCUTS, STEMS
-from harness.optimizers import OPTIMIZERS
 from harness.recipe import Recipe
-from harness.schedules import SCHEDULES
 from harness.study.storage import default_storage
-from harness.train import usable_cores
-
-# Torch seeds are 64-bit, but the derived trial seed is taken mod 2**31 (see plan.torch_seed):
-# larger replicate seeds would collide for no gain.
-MAX_SEED = 2**31 - 1
+from harness.training.hooks import HOOKS
+from harness.training.losses import LOSSES
+from harness.training.optimizers import OPTIMIZERS
+from harness.training.ranks import torchrun_size
+from harness.training.schedules import SCHEDULES
 
 
 def check_run(cfg: RunConfig) -> None:
     """Raise a UserError for the first thing in ``cfg`` that could not work on this machine."""
     check_device(cfg.device)
-    finite_number("stale_after", cfg.stale_after, minimum=0, strict=True)
-    if isinstance(cfg.n_trials, bool):
-        raise UserError(f"n_trials must be a positive integer, got {cfg.n_trials!r}")
-    for seed in cfg.seeds:
-        if not 0 <= seed <= MAX_SEED:
-            raise UserError(f"seeds must be integers from 0 to {MAX_SEED}, got {seed}")
     check_search(cfg)
     # The base recipe too: a value every config's tricks replace is still a typo to report.
     recipes = (cfg.recipe, *trial_recipes(cfg))
@@ -190,7 +179,7 @@ def check_workers(cfg: RunConfig, cores: int | None = None, gpus: int | None = N
     limits = [(trials, f"the study has {trials} trial(s), one per worker at most")]
     if launch.launcher == "local" or launch.slurm.cluster == "local":
         if cores is None:
-            cores = usable_cores()
+            cores = len(usable_cores())
         if gpus is None:
             import torch
 
@@ -218,23 +207,6 @@ def check_stores(tracking_uri: str, storage: str | None, study: str) -> None:
     """Check both stores: schemes, drivers, paths, and that neither file is the other tool's."""
     check_tracking(tracking_uri)
     check_storage_target(storage if storage is not None else default_storage(study, tracking_uri))
-
-
-def check_tracking(tracking_uri: str) -> None:
-    """Check that an MLflow URI is usable here and its file, if any, is no other tool's."""
-    check_tracking_scheme(tracking_uri)
-    check_driver("tracking_uri", tracking_uri)
-    if tracking_uri.startswith("sqlite:///"):
-        path = tracking_uri.removeprefix("sqlite:///")
-        if not path:
-            raise UserError("tracking_uri 'sqlite:///' names no file, e.g. "
-                            "sqlite:///mlruns/mlflow.db")
-        folder = check_path_names("tracking_uri", path).parent
-        if not folder.is_dir() and folder.absolute() != Path("mlruns").absolute():
-            # Only the default store's folder is made on the fly: a typo elsewhere would
-            # otherwise leave a new, empty store behind.
-            raise UserError(f"tracking_uri '{tracking_uri}': folder '{folder}' does not exist")
-        check_mlflow_sqlite("tracking_uri", path)
 
 
 def check_storage_target(storage: str) -> None:

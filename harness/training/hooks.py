@@ -10,7 +10,9 @@ stage                when, and what it may change
 ``transform_batch``  every batch, after ``augment.ops``: the images and the targets (class
                      indices, or class probabilities ``[B, classes]`` for soft or mixed ones)
 ``wrap_loss``        once: the loss function ``(logits, targets) -> loss``
-``wrap_optimizer``   once: the optimizer (its ``step`` may do more than step, e.g. clip first)
+``before_update``    before every optimizer step, the gradients complete (e.g. clip them)
+``after_update``     right after every optimizer step, before the others' ``after_step``, with
+                     the number of steps taken so far (e.g. lookahead's sync of the weights)
 ``after_step``       after every optimizer step, with the number of steps taken so far
 ``evaluation_model`` before every evaluation: which module is evaluated (e.g. averaged weights);
                      the module returned at the end of training is the run's model
@@ -31,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import UserError
-from harness.evaluate import Infer, plain_infer
+from harness.core.errors import UserError
+from harness.core.registry import Registry
 from harness.recipe import Recipe
-from harness.registry import Registry
+from harness.training.evaluate import Infer, plain_infer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -77,9 +79,11 @@ class StepHook:
         """Return the loss function to train with."""
         return loss_fn
 
-    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Return the optimizer to step; see :class:`OptimizerWrapper`."""
-        return optimizer
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Act before every step of ``optimizer``, once the step's gradients are complete."""
+
+    def after_update(self, step: int) -> None:
+        """Act right after optimizer step number ``step`` (from 1), before any ``after_step``."""
 
     def after_step(self, step: int) -> None:
         """Act after optimizer step number ``step`` (from 1)."""
@@ -95,35 +99,6 @@ class StepHook:
 
 HookFactory = Callable[[Mapping[str, float], HookContext], StepHook]
 HOOKS: Registry[HookFactory] = Registry("hook")
-
-
-class OptimizerWrapper:
-    """An optimizer that delegates to ``inner``; subclasses add to :meth:`step`.
-
-    The loop sets the scheduled lr on ``param_groups`` and calls ``step`` and ``zero_grad``, so a
-    wrapper only has to pass those through.
-    """
-
-    def __init__(self, inner: torch.optim.Optimizer) -> None:
-        self.inner = inner
-
-    @property
-    def param_groups(self) -> list[dict]:
-        """The inner optimizer's parameter groups (the loop sets their lr)."""
-        return self.inner.param_groups
-
-    @property
-    def defaults(self) -> dict:
-        """The inner optimizer's defaults."""
-        return self.inner.defaults
-
-    def step(self) -> None:
-        """Take the inner optimizer's step."""
-        self.inner.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients."""
-        self.inner.zero_grad(set_to_none=set_to_none)
 
 
 class WeightCopy:
@@ -184,9 +159,12 @@ class Hooks:
     def __init__(self, hooks: Iterable[StepHook]) -> None:
         self.hooks = list(hooks)
         batch = self._overriding("transform_batch")
-        after = self._overriding("after_step")
         self.transform_batch = _chain_batches(batch) if batch else None
-        self.after_step = _chain_steps(after) if after else None
+        self.before_update = _chain_calls([h.before_update
+                                           for h in self._overriding("before_update")])
+        self.after_update = _chain_calls([h.after_update
+                                          for h in self._overriding("after_update")])
+        self.after_step = _chain_calls([h.after_step for h in self._overriding("after_step")])
 
     def _overriding(self, stage: str) -> list[StepHook]:
         return [h for h in self.hooks if getattr(type(h), stage) is not getattr(StepHook, stage)]
@@ -196,12 +174,6 @@ class Hooks:
         for hook in self._overriding("wrap_loss"):
             loss_fn = hook.wrap_loss(loss_fn)
         return loss_fn
-
-    def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """Return ``optimizer`` wrapped by every hook, first hook innermost."""
-        for hook in self._overriding("wrap_optimizer"):
-            optimizer = hook.wrap_optimizer(optimizer)
-        return optimizer
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:
         """Return the module to evaluate: ``model`` passed through every hook in order."""
@@ -252,12 +224,15 @@ def _chain_batches(hooks: list[StepHook]):
     return transform
 
 
-def _chain_steps(hooks: list[StepHook]) -> Callable[[int], None]:
-    if len(hooks) == 1:
-        return hooks[0].after_step
+def _chain_calls(calls: list[Callable[..., None]]) -> Callable[..., None] | None:
+    """Return one callable that makes ``calls`` in order; None when there are none."""
+    if not calls:
+        return None
+    if len(calls) == 1:
+        return calls[0]
 
-    def after_step(step: int) -> None:
-        for hook in hooks:
-            hook.after_step(step)
+    def each(*args: object) -> None:
+        for call in calls:
+            call(*args)
 
-    return after_step
+    return each

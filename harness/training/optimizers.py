@@ -7,9 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harness.errors import unknown_choice
+from harness.core.errors import unknown_choice
+from harness.core.registry import Registry
 from harness.recipe import OptimizerSpec
-from harness.registry import Registry
 
 ParamGroups = list[dict]
 OPTIMIZERS: Registry[Callable[[ParamGroups, OptimizerSpec], torch.optim.Optimizer]] = Registry(

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 from harness.report import stats
 from harness.report.render import duration_text, settle_command
+from harness.report.verdict import open_options
 from harness.study import config_label
-from harness.study.designs.adaptive import open_options, projected_seconds
+from harness.study.designs.adaptive import projected_seconds
 
 if TYPE_CHECKING:
-    from harness.config import RunConfig
+    from harness.config.settings import RunConfig
     from harness.report import Report
     from harness.study.runner import StudyOutcome
 
@@ -87,7 +88,7 @@ def run_rounds(cfg: RunConfig, run_once: RunOnce) -> int:
         print(f"round {number}: undetermined {_options(undecided)}; next round: "
               f"{len(cfg.configs)} trials, about {duration_text(upcoming) or '1 min'}", flush=True)
     if report is not None and outcome is not None:
-        from harness.study_report import show_report
+        from harness.study.reporting import show_report
 
         show_report(report, outcome)
     wall = duration_text(time.monotonic() - started) or "under a minute"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from harness.errors import UserError, crash_line, error_line, unknown_choice
+from harness.core.errors import UserError, crash_line, error_line, unknown_choice
 
 Value = TypeVar("Value")
 

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.config import RunConfig
+from harness.config.settings import RunConfig
 from harness.study.runner import StudyOutcome
-from harness.tracking import Tag, Tracker
+from harness.tracking.schema import Tag
+from harness.tracking.store import Tracker
 
 if TYPE_CHECKING:
     from harness.report import Report
@@ -36,7 +37,7 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome, alpha: float | None = No
     Returns:
         The report, or None when no trial has finished yet.
     """
-    from harness.errors import UserError
+    from harness.core.errors import UserError
     from harness.report import build_report, stats
 
     # The per-example results are downloaded artifacts: no progress bar for each.

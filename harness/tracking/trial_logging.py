@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.checkpoint import save_checkpoint
 from harness.data import PreparedData
-from harness.evaluate import Evaluation
-from harness.figures import confusion_figure, per_class_figure, predictions_figure
 from harness.recipe import Recipe
-from harness.run_metrics import Artifact, Metric
-from harness.tracking import Tag, Tracker, temporary_dir
-from harness.train import TrainResult
+from harness.tracking.checkpoint import save_checkpoint
+from harness.tracking.schema import Artifact, Metric, Tag
+from harness.tracking.store import Tracker, temporary_dir
+from harness.tracking.trial_figures import confusion_figure, per_class_figure, predictions_figure
+from harness.training.evaluate import Evaluation
+from harness.training.loop import TrainResult
 
 PREVIEW_IMAGES = 32  # test images shown with their predictions, like the seed's show_image
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from harness.evaluate import Evaluation  # noqa: E402
+from harness.training.evaluate import Evaluation  # noqa: E402
 
 
 def confusion_figure(scores: Evaluation) -> Figure:

@@ -1,12 +1,14 @@
-"""The one training loop. Every trick and every study trains through ``fit``.
+"""The one training loop, in one process. Every trick and every study trains through it.
 
 The data already sits on the device, normalised (``harness.data.prepare_data``), so a step is an
 index, an optional batched augmentation, a forward and a backward: no DataLoader, no PIL. On CUDA
 the loop uses bf16 autocast and channels_last; on the CPU it uses every core and is deterministic.
-``trainer.compile`` trains through ``torch.compile`` where it pays (``harness.compiling``).
-Tricks that act inside a step do so through the recipe's hooks (``harness.hooks``); a stage no
-hook uses is skipped at no cost. ``trainer.devices=N`` trains one run on N devices with DDP
-(``harness.distributed``); with one device none of that code runs.
+``trainer.compile`` trains through ``torch.compile`` where it pays (``harness.training.compiling``).
+Tricks that act inside a step do so through the recipe's hooks (:mod:`~harness.training.hooks`); a
+stage no hook uses is skipped at no cost. With ``trainer.devices=N`` each of N DDP ranks runs this
+loop in its :class:`~harness.training.ranks.Group`; starting them is
+:mod:`harness.training.devices`'s job, and the loop never calls it.
+:func:`harness.training.trainer.fit` is the entry point.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import ctypes
 import functools
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,70 +29,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness import compiling, distributed
+from harness.core.devices import usable_cores
 from harness.data import PreparedData, augment, shuffled_rows
-from harness.distributed import Group
-from harness.divergence import DivergenceWatch
-from harness.evaluate import Evaluation, Infer, evaluate, predict, score
-from harness.hooks import HookContext, build_hooks, evaluation_infer
-from harness.losses import build_loss
 from harness.models import build_model
-from harness.optimizers import build_optimizer
 from harness.recipe import Recipe
-from harness.schedules import build_schedule
+from harness.training import compiling
+from harness.training.divergence import DivergenceWatch
+from harness.training.evaluate import Evaluation, Infer, evaluate, predict, score
+from harness.training.hooks import HookContext, Hooks, build_hooks
+from harness.training.losses import build_loss
+from harness.training.optimizers import build_optimizer
+from harness.training.placement import Placement
+from harness.training.ranks import Group, Shard, StoppedByLeader, shared
+from harness.training.schedules import build_schedule
 
 # Called after every epoch with (epoch number from 1, that epoch's metrics). A callback may raise
 # to stop the run, e.g. optuna.TrialPruned; the exception reaches the caller of ``fit``.
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 # How often the loop looks at the loss for NaN/inf, in steps; a NaN stays NaN in the running sum,
-# so none is missed. On one CUDA device a look does not wait for the GPU (harness.divergence).
+# so none is missed. On one CUDA device a look does not wait for the GPU (training.divergence).
 _DIVERGENCE_CHECK_STEPS = 25
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """Return the device for ``name``: ``auto`` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """Return a human name for ``device``, e.g. ``cuda:NVIDIA H100`` or ``cpu:2 cores``.
-
-    On the CPU it counts the cores this process may use, which is the thread count ``fit``
-    trains with: a worker of ``workers=2`` on 2 cores is ``cpu:1 core``. The count belongs to
-    the result: another thread count sums in another order, and CPU runs are reproducible bit
-    for bit only at the same one.
-    """
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    if device.type == "cpu":
-        cores = usable_cores()
-        return f"cpu:{cores} core{'' if cores == 1 else 's'}"
-    return device.type
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How tensors and the model sit on the device: precision and memory layout."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    memory_format: torch.memory_format
-
-    @classmethod
-    def for_recipe(cls, recipe: Recipe, device: torch.device) -> Placement:
-        """bf16 autocast and channels_last on CUDA under ``precision=auto``; fp32 elsewhere."""
-        precision = recipe.trainer.precision
-        use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-        channels_last = device.type == "cuda"
-        return cls(device, torch.bfloat16 if use_bf16 else None,
-                   torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @dataclass
@@ -112,7 +70,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # time in training steps, without the per-epoch val evaluation
     compile_seconds: float = 0.0  # paid before the first step, not part of train_seconds
-    compile_tag: str = "eager: trainer.compile=false"  # which way it ran (harness.compiling)
+    compile_tag: str = "eager: trainer.compile=false"  # which way it ran (training.compiling)
     images_seen: int = 0
     infer: Infer | None = None
     eval_batch_size: int = 1000
@@ -137,14 +95,6 @@ class TrainResult:
     def images_per_second(self) -> float:
         """Training throughput over the whole run."""
         return self.images_seen / self.train_seconds if self.train_seconds > 0 else 0.0
-
-
-def usable_cores() -> int:
-    """Return the cores this process may run on (affinity and cgroup masks included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
 
 
 @functools.cache
@@ -172,51 +122,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit(recipe: Recipe, data: PreparedData, *, device: torch.device | str = "auto",
-        callbacks: Sequence[EpochCallback] = (), progress: bool = True,
-        description: str = "train") -> TrainResult:
-    """Train the model a recipe describes on prepared data.
+def train_in_group(recipe: Recipe, data: PreparedData, device: torch.device,
+                   callbacks: Sequence[EpochCallback], progress: bool, description: str,
+                   group: Group) -> TrainResult:
+    """Train in this process: on one device, or as one of several ranks of ``group``.
 
     Args:
         recipe: The full description of the run.
-        data: Splits already on ``device``, normalised. Ranks of a run on several devices may
-            get it on the CPU: each moves only its shard of the training set to its device.
-        device: A torch device or ``auto``.
-        callbacks: Called after each epoch with its metrics.
+        data: Splits on ``device``, normalised; ranks may get them on the CPU and move only
+            their shard of the training set to ``device``.
+        device: The device this process trains on (a rank's own one).
+        callbacks: Called after each epoch with its metrics (on rank 0 only).
         progress: Show an epoch bar and a batch bar with images/s and ETA.
         description: Label of the progress bars.
-
-    Returns:
-        The trained model and the run's status and per-epoch history. A loss that turns NaN or
-        inf ends the run with status ``diverged``; it does not raise. With
-        ``trainer.devices=N`` the ranks train and this process runs the callbacks; the result
-        is the same as on one device, its model on ``device``.
+        group: The ranks this process trains among; one rank alone is the plain loop.
     """
-    device = resolve_device(device) if isinstance(device, str) else device
-    group = distributed.current_group()
-    if recipe.trainer.devices > 1 or group.active:
-        distributed.check_devices(recipe.trainer, device, group)
-    if recipe.trainer.devices > 1 and not group.active:
-        return _fit_on_devices(recipe, data, device, callbacks, progress, description)
-    if group.active:
-        device = distributed.rank_device(device, group)
-    if distributed.joined_torchrun():
-        # Under torchrun rank 0 runs the study and the others train what it announces; a
-        # failure only some ranks see would leave the others waiting, so it ends the job.
-        if group.leader:
-            distributed.announce(recipe, data.digest)
-        with distributed.fatal_unless_shared():
-            return _fit_here(recipe, data, device, callbacks, progress, description, group)
-    return _fit_here(recipe, data, device, callbacks, progress, description, group)
-
-
-def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
-              callbacks: Sequence[EpochCallback], progress: bool, description: str,
-              group: Group) -> TrainResult:
-    """Train in this process: on one device, or as one of several ranks."""
     if device.type == "cpu":
         # Ranks on one machine share its cores.
-        torch.set_num_threads(max(1, usable_cores() // group.size))
+        torch.set_num_threads(max(1, len(usable_cores()) // group.size))
         keep_freed_memory()
     placement = Placement.for_recipe(recipe, device)
     seed_everything(recipe.seed)
@@ -239,11 +162,13 @@ def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
     total_steps = steps_per_epoch * trainer.epochs
     hooks = build_hooks(recipe, HookContext(model, data.num_classes, generator,
                                             len(data.train_y), steps_per_epoch, total_steps))
-    optimizer = hooks.wrap_optimizer(build_optimizer(model, recipe.optimizer))
+    optimizer = build_optimizer(model, recipe.optimizer)
+    # The schedule multiplies each group's peak lr, the one the optimizer was built with.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, build_schedule(recipe.schedule, total_steps, steps_per_epoch))
     loss_fn = hooks.wrap_loss(build_loss(recipe.loss))
-    transform_batch, after_step = hooks.transform_batch, hooks.after_step
-    schedule = build_schedule(recipe.schedule, total_steps, steps_per_epoch)
-    peak_lrs = [group["lr"] for group in optimizer.param_groups]
+    transform_batch = hooks.transform_batch
+    last_lr = optimizer.param_groups[0]["lr"]
     forward = model
     if group.active:
         # DDP averages the gradients over the ranks; the loss below is scaled so that average
@@ -290,7 +215,7 @@ def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
                 # epoch's shuffle are left for the next; gradients already accumulated still
                 # take their step.
                 if index % trainer.grad_accum:
-                    step = _optimizer_step(optimizer, schedule, peak_lrs, step, after_step)
+                    step, last_lr = _optimizer_step(optimizer, scheduler, hooks, step)
                 break
             images, labels = take(rows)
             if recipe.augment.ops:
@@ -311,7 +236,7 @@ def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
             scale = trainer.grad_accum * (len(rows) / (len(labels) * group.size))
             (loss / scale if scale != 1 else loss).backward()
             if (index + 1) % trainer.grad_accum == 0 or index + 1 == batches_per_epoch:
-                step = _optimizer_step(optimizer, schedule, peak_lrs, step, after_step)
+                step, last_lr = _optimizer_step(optimizer, scheduler, hooks, step)
             loss_sum += loss.detach().float() * len(labels)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -345,7 +270,7 @@ def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
             epoch=float(epoch),
             train_loss=train_loss,
             train_acc=100.0 * correct.item() / max(seen, 1),
-            lr=optimizer.param_groups[0]["lr"],
+            lr=last_lr,
             images_per_sec=seen / elapsed if elapsed > 0 else 0.0,
             epoch_seconds=elapsed,
         )
@@ -357,22 +282,25 @@ def _fit_here(recipe: Recipe, data: PreparedData, device: torch.device,
     return result
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
-                    peak_lrs: list[float], step: int,
-                    after_step: Callable[[int], None] | None) -> int:
-    """Set the scheduled lr, step, clear the gradients, run the after-step hooks.
+def _optimizer_step(optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, hooks: Hooks,
+                    step: int) -> tuple[int, float]:
+    """Take one optimizer step with the hooks around it, then move the lr to the next step's.
 
     Returns:
-        The number of steps taken so far.
+        The number of steps taken so far, and the lr this step took (of the first group).
     """
-    multiplier = schedule(step)
-    for group, peak in zip(optimizer.param_groups, peak_lrs):
-        group["lr"] = peak * multiplier
+    if hooks.before_update is not None:
+        hooks.before_update(optimizer)
     optimizer.step()
+    if hooks.after_update is not None:
+        hooks.after_update(step + 1)
+    taken = optimizer.param_groups[0]["lr"]
+    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    if after_step is not None:
-        after_step(step + 1)
-    return step + 1
+    if hooks.after_step is not None:
+        hooks.after_step(step + 1)
+    return step + 1, taken
 
 
 def _run_callbacks(callbacks: Sequence[EpochCallback], epoch: int, metrics: dict[str, float],
@@ -390,29 +318,7 @@ def _run_callbacks(callbacks: Sequence[EpochCallback], epoch: int, metrics: dict
         except Exception as error:  # noqa: BLE001 - re-raised below, once every rank knows
             stop = error
     if group.any(stop is not None, device):
-        raise distributed.shared(stop if stop is not None
-                                 else distributed.StoppedByLeader(f"epoch {epoch}"))
-
-
-def _fit_on_devices(recipe: Recipe, data: PreparedData, device: torch.device,
-                    callbacks: Sequence[EpochCallback], progress: bool,
-                    description: str) -> TrainResult:
-    """Train on ``trainer.devices`` ranks and rebuild their result here, on ``device``."""
-    finished, stopped = distributed.fit_on_devices(fit, recipe, data, device, callbacks,
-                                                   progress, description)
-    if stopped is not None:
-        raise stopped
-    placement = Placement.for_recipe(recipe, device)
-    model = build_model(recipe.model, data.num_classes, data.in_channels, data.image_size)
-    model.load_state_dict(distributed.load_state(finished))
-    model = model.to(device, memory_format=placement.memory_format)
-    return TrainResult(model=model, placement=placement, status=finished.status,
-                       reason=finished.reason, history=finished.history,
-                       train_seconds=finished.train_seconds, images_seen=finished.images_seen,
-                       infer=evaluation_infer(recipe, model, data.num_classes),
-                       eval_batch_size=recipe.trainer.eval_batch_size,
-                       compile_tag=compiling.decide(recipe.trainer.compile, device, 0,
-                                                    distributed=True).tag)
+        raise shared(stop if stop is not None else StoppedByLeader(f"epoch {epoch}"))
 
 
 @dataclass(frozen=True)
@@ -435,7 +341,7 @@ def _training_rows(data: PreparedData, group: Group, device: torch.device) -> tu
             return data.train_x.index_select(0, rows), data.train_y.index_select(0, rows)
 
         return take, _Validation(data.val_x, data.val_y, data.classes)
-    shard = distributed.Shard.of(data.train_x, data.train_y, group, device)
+    shard = Shard.of(data.train_x, data.train_y, group, device)
     start, stop = group.bounds(len(data.val_y))
     return shard.batch, _Validation(data.val_x[start:stop].to(device), data.val_y.to(device),
                                     data.classes)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import harness
-from harness.tracking import Tag
+from harness.tracking.schema import Tag
 
 _REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.checks import check_integer_size, check_slurm_partition, too_large
-from harness.errors import UserError, abbreviated, unknown_choice
-from harness.faults import RETRY_WINDOW
+from harness.core.checks import (
+    check_integer_size,
+    check_slurm_partition,
+    check_tracking,
+    too_large,
+)
+from harness.core.errors import UserError, abbreviated, unknown_choice
+from harness.core.faults import RETRY_WINDOW
 from harness.recipe import SECTIONS, Recipe
 from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
 from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
@@ -31,7 +36,9 @@ from harness.tricks import TRICKS, load_tricks
 BUDGETS = ("auto", "smoke", "cpu", "full")
 DEFAULT_STUDY = "tricks"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32- and 64-bit; the smaller bounds both
+# A replicate seed, seed_offset included. Torch seeds are 64-bit, but the derived trial seed is
+# taken mod 2**31 (see plan.torch_seed): larger replicate seeds would collide for no gain.
+MAX_SEED = 2**31 - 1
 MAX_AUTO_SEEDS = 20  # seeds=auto: more replicates than this is not a study of tricks
 
 # Settings of the harness itself (not of a training run), with their defaults and help.
@@ -104,6 +111,9 @@ class RunConfig:
     rerun: bool = False
     margin: float = 1.0  # points: the report's band for `negligible`
     rounds: Rounds | None = None  # seeds=auto: the rounds; seeds are then the first round's
+    # seeds=+N: N new seeds after those with finished runs, which only the store knows; parsing
+    # leaves ``seeds`` at the study's, and :func:`with_more_seeds` reads the store.
+    more_seeds: int = 0
 
     def plan(self) -> Plan:
         """Return the study's plan: what its workers need, without the command line's settings."""
@@ -216,15 +226,13 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         raise UserError(f"seeds=auto repeats a design's configs in rounds; design "
                         f"{study.design.name} searches instead, so give seeds=[...]")
     seeds = rounds.first if rounds else _seeds(settings["seeds"], study.seeds_for(budget))
-    if more_seeds:
-        if settings["seeds"] is not None:
-            raise UserError("give seeds=[...] or seeds=+N, not both")
-        seeds = _present_seeds(str(settings["tracking_uri"]), study.name, budget, seeds,
-                               more_seeds)
+    if more_seeds and settings["seeds"] is not None:
+        raise UserError("give seeds=[...] or seeds=+N, not both")
     factors, configs, fixed = study.plan(factor_overrides, trick_overrides)
     n_trials = settings["n_trials"] if settings["n_trials"] is not None else (
         study.n_trials_for(budget))
-    if n_trials is not None and (not isinstance(n_trials, int) or n_trials <= 0):
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int)
+                                 or n_trials <= 0):
         raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
     for flag in ("progress", "rerun"):
         if not isinstance(settings[flag], bool):
@@ -241,7 +249,7 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         retry_window=_positive_float("retry_window", settings["retry_window"]),
         launch=_launch(settings), overrides=tuple(args), rerun=settings["rerun"],
         margin=_positive_float("margin", settings["margin"], "accuracy points"),
-        rounds=rounds,
+        rounds=rounds, more_seeds=more_seeds,
     )
 
 
@@ -267,7 +275,7 @@ def _rounds(settings: Mapping[str, Any], default: Sequence[int], budget_cap: int
     offset = settings["seed_offset"]
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_SEED:
         raise UserError(f"seed_offset must be an integer from 0 to {MAX_SEED}, got {offset!r}")
-    first = tuple(seed + offset for seed in _seeds(None, default))
+    first = check_seed_range([seed + offset for seed in _seeds(None, default)])
     max_seeds = DEFAULT_MAX_SEEDS if settings["max_seeds"] is None else settings["max_seeds"]
     if (not isinstance(max_seeds, int) or isinstance(max_seeds, bool)
             or not len(first) <= max_seeds <= MAX_AUTO_SEEDS):
@@ -304,19 +312,21 @@ def _more_seeds(args: Sequence[str]) -> int:
     return int(digits)
 
 
-def _present_seeds(tracking_uri: str, study: str, budget: str, default: Sequence[int],
-                   more: int) -> tuple[int, ...]:
-    """Return the seeds that have finished runs (else ``default``) and ``more`` new ones.
+def with_more_seeds(cfg: RunConfig) -> RunConfig:
+    """Resolve ``seeds=+N``: the seeds that have finished runs (else the study's) and N new ones.
 
-    The store is checked as every store is (:func:`harness.preflight.check_tracking`) and only
-    read: a store that does not exist yet has no seeds, and the study's own are used.
+    The store is checked as every store is (:func:`~harness.core.checks.check_tracking`) and
+    only read: a store that does not exist yet has no seeds, and the study's own are used.
+    Without ``seeds=+N`` the configuration is returned as it is.
     """
-    from harness.preflight import check_tracking  # preflight imports this module
-    from harness.tracking import recorded_seeds
+    if not cfg.more_seeds:
+        return cfg
+    from harness.tracking.store import recorded_seeds
 
-    check_tracking(tracking_uri)
-    present = recorded_seeds(tracking_uri, experiment_name(study, budget)) or list(default)
-    return grown_seeds(present, more)
+    check_tracking(cfg.tracking_uri)
+    present = recorded_seeds(cfg.tracking_uri, experiment_name(cfg.study.name, cfg.budget))
+    seeds = grown_seeds(present or list(cfg.seeds), cfg.more_seeds)
+    return dataclasses.replace(cfg, seeds=check_seed_range(seeds), more_seeds=0)
 
 
 def _positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:
@@ -400,6 +410,14 @@ def _seeds(value: Any, default: Sequence[int]) -> tuple[int, ...]:
                         f"got {value!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds must not repeat, got {list(seeds)}")
+    return check_seed_range(seeds)
+
+
+def check_seed_range(seeds: Sequence[int]) -> tuple[int, ...]:
+    """Return ``seeds`` if each is a seed a trial can use, from 0 to MAX_SEED."""
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise UserError(f"seeds must be integers from 0 to {MAX_SEED}, got {seed}")
     return tuple(seeds)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.models import build_model
 from harness.recipe import Recipe
 from harness.tricks import load_tricks

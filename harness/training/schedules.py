@@ -1,12 +1,16 @@
-"""Learning-rate schedules by name, as multipliers of the peak lr per optimizer step."""
+"""Learning-rate schedules by name, as multipliers of the peak lr per optimizer step.
+
+The loop applies them through ``torch.optim.lr_scheduler.LambdaLR``, stepped after every
+optimizer step.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
+from harness.core.registry import Registry
 from harness.recipe import ScheduleSpec
-from harness.registry import Registry
 
 # (spec, total_steps, steps_per_epoch) -> (step -> multiplier of the peak lr)
 SCHEDULES: Registry[Callable[[ScheduleSpec, int, int], Callable[[int], float]]] = Registry(

@@ -1,10 +1,8 @@
-"""One trial on several devices: DistributedDataParallel ranks, started by the harness or torchrun.
+"""Where a process sits among the ranks of one trial, and what the ranks share while they train.
 
-``trainer.devices=N`` makes :func:`harness.train.fit` start N ranks itself (:func:`fit_on_devices`):
-one per GPU with NCCL, or N CPU processes with gloo. The calling process trains nothing; it
-stays the one that talks to the outside (the epoch callbacks: MLflow, Optuna, pruning) and gets
-the trained weights back from rank 0, so its caller sees the same ``TrainResult`` as with one
-device. Under ``torchrun`` the ranks already exist and ``fit`` joins their process group.
+The loop (:mod:`harness.training.loop`) reads this module and nothing above it: the
+:class:`Group` it trains in, the :class:`Shard` of the training set it holds, and the helpers
+that let every rank agree on a stop. Starting ranks is :mod:`harness.training.devices`'s job.
 
 Each rank holds only its shard of the training set on its device: a contiguous block of rows
 (:class:`Shard`). Every rank draws the same permutation from the same generator, so the global
@@ -20,32 +18,17 @@ saved: on a data set that fits one device and a slow link, ``devices=1`` is the 
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
-import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
 
-from harness.checks import check_device_fit
-from harness.data import PreparedData
-from harness.errors import UserError
-from harness.tricks import load_tricks
-
-log = logging.getLogger(__name__)
-
-# Seconds the launching process waits for a message from rank 0 before it looks whether a rank
-# died; a dead rank is found within this long.
-_POLL_SECONDS = 0.2
-# The splits of PreparedData the ranks train and validate on.
-_RANK_SPLITS = ("train_x", "train_y", "val_x", "val_y")
+from harness.core.checks import check_device_fit
+from harness.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -240,41 +223,6 @@ def fatal_unless_shared() -> Iterator[None]:
         os._exit(1)
 
 
-def follow(fit: FitFunction, device_name: str) -> None:
-    """On a rank other than 0 under torchrun: train every trial rank 0 announces, until it ends.
-
-    The rank prepares each trial's data itself, on the CPU (its shard goes to the device in
-    ``fit``), and checks it is rank 0's by its digest. It creates no run and prints nothing: a
-    trial that fails, or that rank 0 stops, fails here the same way and rank 0 records it.
-    """
-    from harness.data import prepare_data  # the data sources pull in PIL; only ranks need them
-
-    group = current_group()
-    device = rank_device(torch.device(device_name if device_name != "auto" else
-                                      "cuda" if torch.cuda.is_available() else "cpu"), group)
-    cached: tuple[Any, PreparedData] | None = None
-    try:
-        while True:
-            message = [None]
-            dist.broadcast_object_list(message, src=0)
-            if message[0] is None:
-                return
-            recipe, digest = message[0]
-            if cached is None or cached[0] != recipe.data:
-                cached = None  # one data set in memory at a time
-                cached = (recipe.data, prepare_data(recipe.data, "cpu"))
-            data = cached[1]
-            if data.digest != digest:
-                raise RuntimeError(f"rank {group.rank} read other data than rank 0 "
-                                   f"(digest {data.digest}, not {digest})")
-            # A failure every rank raised (a pruned trial, a bad recipe) is recorded by rank 0;
-            # this rank waits for the next trial. One of its own ends the process.
-            with contextlib.suppress(StoppedByLeader, UserError):
-                fit(recipe, data, device=device, progress=False)
-    finally:
-        dist.destroy_process_group()
-
-
 def rank_device(device: torch.device, group: Group) -> torch.device:
     """Return the device a rank trains on: its own GPU on CUDA, the CPU otherwise."""
     if device.type == "cuda":
@@ -288,7 +236,7 @@ def rank_device(device: torch.device, group: Group) -> torch.device:
 def check_devices(trainer: Any, device: torch.device, group: Group) -> None:
     """Raise a UserError when ``trainer.devices`` ranks cannot train on ``device``.
 
-    The same check as the command line's (:func:`harness.checks.check_device_fit`), for
+    The same check as the command line's (:func:`harness.core.checks.check_device_fit`), for
     callers of ``fit`` that skip it.
 
     Args:
@@ -309,156 +257,3 @@ def check_devices(trainer: Any, device: torch.device, group: Group) -> None:
 class StoppedByLeader(Exception):
     """Rank 0's callbacks stopped the run (pruned, or failed); the other ranks end quietly."""
 
-
-@dataclass
-class Finished:
-    """What rank 0 sends back when its ranks are done: everything of a TrainResult but tensors.
-
-    ``state`` is the evaluated model's ``state_dict`` as ``torch.save`` bytes, unwrapped from
-    DDP, so it loads into a plain model.
-    """
-
-    state: bytes
-    status: str
-    reason: str
-    history: list[dict[str, float]]
-    train_seconds: float
-    images_seen: int
-
-
-FitFunction = Callable[..., Any]
-
-
-def fit_on_devices(fit: FitFunction, recipe: Any, data: PreparedData, device: torch.device,
-                   callbacks: Sequence[Callable[[int, dict[str, float]], None]],
-                   progress: bool, description: str) -> tuple[Finished, BaseException | None]:
-    """Train on ``recipe.trainer.devices`` ranks started here, running ``callbacks`` here.
-
-    Args:
-        fit: ``harness.train.fit``, which every rank runs.
-        recipe: The trial's recipe.
-        data: Prepared data; each rank gets a copy on its own device.
-        device: The caller's device: CUDA (one rank per GPU) or the CPU (gloo).
-        callbacks: Run in this process after each epoch with rank 0's metrics; one that raises
-            stops every rank.
-        progress: Show rank 0's progress bars.
-        description: Label of the progress bars.
-
-    Returns:
-        What rank 0 sent back, and the exception a callback raised (None if none did); the
-        caller re-raises it once the result is built.
-
-    Raises:
-        RuntimeError: A rank crashed or was killed; the others are stopped first.
-    """
-    devices = recipe.trainer.devices
-    context = mp.get_context("spawn")
-    here, there = context.Pipe()
-    # The ranks read the training and validation sets from shared CPU memory (torch passes
-    # tensors to spawned processes that way) and never the test set, which stays here.
-    cpu_data = replace(data, test_x=data.test_x[:0].cpu(), test_y=data.test_y[:0].cpu(),
-                       **{f.name: getattr(data, f.name).cpu() for f in fields(data)
-                          if f.name in _RANK_SPLITS})
-    ranks = mp.start_processes(
-        _rank_main, args=(fit, recipe, cpu_data, device.type, devices, _free_port(), there,
-                          progress, description),
-        nprocs=devices, join=False, start_method="spawn")
-    stopped: BaseException | None = None
-    finished: Finished | None = None
-    try:
-        while finished is None:
-            if not here.poll(_POLL_SECONDS):
-                ranks.join(timeout=0)  # raises when a rank died or raised
-                if all(not process.is_alive() for process in ranks.processes):
-                    raise RuntimeError("the ranks ended without sending their result")
-                continue
-            message, payload = here.recv()
-            if message == "epoch":
-                stopped = _run_callbacks(callbacks, *payload) if stopped is None else stopped
-                here.send(stopped is None)
-            else:
-                finished = payload
-        _wait_for_exit(ranks)
-    except ProcessException as error:
-        raise RuntimeError(f"a rank of the trial failed: {error}") from None
-    finally:
-        for process in ranks.processes:
-            if process.is_alive():
-                process.kill()
-            process.join()
-        here.close()
-    return finished, stopped
-
-
-def _wait_for_exit(ranks: Any) -> None:
-    """Wait for the ranks to end once rank 0 has sent the result.
-
-    A rank that dies while it shuts down (gloo's threads can abort a process at exit, "terminate
-    called without an active exception") takes nothing from a trial whose result is already
-    here, so that is a warning, not a crash.
-    """
-    try:
-        while not ranks.join(timeout=_POLL_SECONDS):
-            pass
-    except ProcessException as error:
-        log.warning("a rank ended badly after the trial's result came back: %s", error)
-
-
-def load_state(finished: Finished) -> dict[str, torch.Tensor]:
-    """Return the state_dict rank 0 sent, on the CPU."""
-    return torch.load(io.BytesIO(finished.state), map_location="cpu", weights_only=True)
-
-
-def _run_callbacks(callbacks: Sequence[Callable[[int, dict[str, float]], None]], epoch: int,
-                   metrics: dict[str, float]) -> BaseException | None:
-    try:
-        for callback in callbacks:
-            callback(epoch, metrics)
-    except Exception as error:  # noqa: BLE001 - any reason to stop is carried to the caller
-        return error
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _rank_main(rank: int, fit: FitFunction, recipe: Any, data: PreparedData, device_type: str,
-               size: int, port: int, pipe: Any, progress: bool, description: str) -> None:
-    """One rank: join the group, train, and (rank 0) report each epoch and the result."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    load_tricks()  # a spawned process starts bare: the recipe's parts and hooks register here
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(rank)
-    dist.init_process_group(backend, rank=rank, world_size=size)
-    device = rank_device(torch.device(device_type), Group(rank, size))
-    # The data stays on the CPU here, shared with the other ranks: fit moves this rank's shard
-    # of the training set and the validation set to the device, and nothing else.
-
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        pipe.send(("epoch", (epoch, metrics)))
-        if not pipe.recv():
-            raise StoppedByLeader(f"stopped after epoch {epoch}")
-
-    try:
-        result = fit(recipe, data, device=device, callbacks=[report] if rank == 0 else [],
-                     progress=progress and rank == 0, description=description)
-        if size > 1:
-            # Every rank that trained to the end waits here for the others before any tears
-            # gloo down, so no rank's threads still talk to a peer that is gone (which can abort
-            # a process at exit).
-            dist.barrier()
-        if rank == 0:
-            buffer = io.BytesIO()
-            torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, buffer)
-            pipe.send(("done", Finished(buffer.getvalue(), result.status, result.reason,
-                                        result.history, result.train_seconds,
-                                        result.images_seen)))
-    except StoppedByLeader:
-        if rank == 0:
-            pipe.send(("done", Finished(b"", "stopped", "", [], 0.0, 0)))
-    finally:
-        dist.destroy_process_group()

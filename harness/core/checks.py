@@ -1,6 +1,6 @@
 """Checks of what a command line names, done before any data is read or any store is opened.
 
-Each function raises a :class:`~harness.errors.UserError` with one line that says what is wrong
+Each function raises a :class:`~harness.core.errors.UserError` with one line that says what is wrong
 and what would work, or returns the checked value. They look, they never write: a refused input
 leaves every file as it was.
 """
@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError, abbreviated, unknown_choice
+from harness.core.devices import auto_device_type
+from harness.core.errors import UserError, abbreviated, unknown_choice
 
 # The largest integer any setting may hold: int64, what torch, numpy and SQLite store. Every
 # count here is far below it; a larger number is a typo, and past 4300 digits Python will not
@@ -138,12 +139,9 @@ def check_device_fit(name: str, devices: int, workers: int | str = 1, trials_per
 
     if cuda_count is None:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if mps is None:
-        backend = getattr(torch.backends, "mps", None)
-        mps = bool(backend and backend.is_available())
     device_type = name.partition(":")[0]
-    if device_type == "auto":  # as harness.train.resolve_device picks
-        device_type = "cuda" if cuda_count else "mps" if mps else "cpu"
+    if device_type == "auto":
+        device_type = auto_device_type(cuda_count, mps)
     if device_type not in ("cuda", "cpu"):
         raise UserError(f"trainer.devices={devices} needs CUDA or the CPU, not {device_type}")
     if sync_bn and device_type != "cuda":
@@ -365,3 +363,20 @@ def check_can_submit(cluster: str) -> None:
         raise UserError(f"launcher=slurm: no {' or '.join(missing)} on this machine's PATH, so "
                         f"no Slurm job can be submitted from here; run on a Slurm login node, "
                         f"or slurm.cluster=local runs the job array on this machine")
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """Check that an MLflow URI is usable here and its file, if any, is no other tool's."""
+    check_tracking_scheme(tracking_uri)
+    check_driver("tracking_uri", tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri.removeprefix("sqlite:///")
+        if not path:
+            raise UserError("tracking_uri 'sqlite:///' names no file, e.g. "
+                            "sqlite:///mlruns/mlflow.db")
+        folder = check_path_names("tracking_uri", path).parent
+        if not folder.is_dir() and folder.absolute() != Path("mlruns").absolute():
+            # Only the default store's folder is made on the fly: a typo elsewhere would
+            # otherwise leave a new, empty store behind.
+            raise UserError(f"tracking_uri '{tracking_uri}': folder '{folder}' does not exist")
+        check_mlflow_sqlite("tracking_uri", path)

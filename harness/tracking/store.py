@@ -5,7 +5,7 @@ The default store is embedded: SQLite at ``mlruns/mlflow.db`` with artifacts und
 (diverged or crashed, with the reason in a tag) or KILLED (pruned or interrupted); a run that a
 killed process left RUNNING is closed as KILLED when the study resumes.
 
-A tracking server that goes away for a while does not stop a trial (:mod:`harness.faults`).
+A tracking server that goes away for a while does not stop a trial (:mod:`harness.core.faults`).
 Writes it cannot take are held in an :class:`Outbox`, in order, and a background thread sends
 them once the server answers again, so training goes on. Reads and run creation wait for the
 server, within ``retry_window``.
@@ -31,10 +31,11 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from harness.checks import check_tracking_scheme
-from harness.errors import UserError
-from harness.faults import BACKOFF_FIRST, BACKOFF_MAX, RETRY_WINDOW, Outage, is_disk_full
-from harness.locks import FileLock
+from harness.core.checks import check_tracking_scheme
+from harness.core.errors import UserError
+from harness.core.faults import BACKOFF_FIRST, BACKOFF_MAX, RETRY_WINDOW, Outage, is_disk_full
+from harness.core.locks import FileLock
+from harness.tracking.schema import Tag
 
 # MLflow's client retries each request a few times (backoff 2, 4 s); the Outbox and Outage
 # retry a whole outage on top, for retry_window, and say so.
@@ -50,63 +51,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 for _noisy in ("alembic", "mlflow.store.db.utils"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 # MLflow logs every database error with its traceback before it raises it; a full disk is then
-# said in one line by the harness (harness.faults), so its tracebacks are left out.
+# said in one line by the harness (harness.core.faults), so its tracebacks are left out.
 logging.getLogger("mlflow.store.db.utils").addFilter(
     lambda record: not (record.exc_info and is_disk_full(record.exc_info[1])))
-
-class Tag:
-    """The MLflow tag names the harness writes and the report reads: their one home.
-
-    Every writer (the study runner, this module) and every reader (``harness.report``) imports
-    these, so a name is never spelled twice.
-    """
-
-    ROLE = "harness.role"  # "parent" (one per study) or "trial" (one per trial)
-    PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI folds children under it
-    STUDY = "harness.study"
-    STUDY_KEY = "harness.study_key"
-    BUDGET = "harness.budget"
-    KIND = "harness.kind"  # grid | fractional | optuna: what stores before designs read
-    DESIGN = "harness.design"  # JSON: the design's name and settings
-    FACTORS = "harness.factors"  # JSON: trick → options in study order
-    DEFAULTS = "harness.defaults"  # JSON: trick → neutral option
-    FIXED = "harness.fixed"  # JSON: trick → option held in every trial
-    CONFIGS = "harness.configs"  # JSON list of configs, for studies that are not full factorials
-    OPTUNA_STORAGE = "harness.optuna_storage"
-    OPTUNA_STUDY = "harness.optuna_study_name"
-    TOGGLES = "harness.toggles"  # JSON: trick → option of this trial
-    SEED = "harness.seed"  # the replicate seed the user asked for (seeds=[0,1,2])
-    TORCH_SEED = "harness.torch_seed"  # the seed the run actually used, derived (see study)
-    CONFIG = "harness.config"  # "TRICK=OPTION,...": the config's label
-    TRIAL = "harness.trial"  # Optuna trial number
-    WORKER = "harness.worker"  # which worker of its command ran the trial (0, 1, ...)
-    DEVICE = "harness.device"
-    DATASET_DIGEST = "harness.dataset_digest"
-    FAILURE = "harness.failure"  # diverged | crashed | pruned | interrupted | stale
-    FAILURE_REASON = "harness.failure_reason"
-    HOST = "harness.host"
-    GIT_SHA = "harness.git_sha"
-    VERSION = "harness.version"
-    TORCH_VERSION = "harness.torch_version"
-    PYTHON_VERSION = "harness.python_version"
-    NOTE = "mlflow.note.content"
-    IDENTITY = "harness.identity"  # what a trial computes (harness.study.identity)
-    REPLACES = "harness.replaces"  # on a run: the FINISHED run(s) of its identity it replaced
-    REPLACED_BY = "harness.replaced_by"  # on a run another run of its identity replaced
-    COMMAND = "harness.command"  # on a parent: JSON list of the command line's overrides
-    CALLS = "harness.calls"  # on a parent: JSON of option → call, written with the report
-    ALPHA = "harness.alpha"  # on a parent: the family-wise error rate its calls are made at
-    TEST_DIGEST = "harness.test_digest"  # on a trial: digest of its test set, in its order
-    COMPILE = "harness.compile"  # on a trial: "compiled", or "eager: WHY" (harness.compiling)
-    # On a FINISHED run that a later study adopted instead of training it again: one tag per
-    # adopting parent run, ``harness.adopted_by.<parent run id>``, so a search finds them.
-    ADOPTED_BY_PREFIX = "harness.adopted_by."
-
-    @classmethod
-    def adopted_by(cls, parent_run_id: str) -> str:
-        """Return the tag that links an adopted run to the parent run of a study that reuses it."""
-        return f"{cls.ADOPTED_BY_PREFIX}{parent_run_id}"
-
 
 _BATCH = 100  # MLflow's limit of params (and a sane chunk of metrics) per log_batch call
 MAX_BUFFERED = 10_000  # writes held while the server is down; past this, training waits
@@ -147,12 +94,12 @@ class Tracker:
     """Writes a study's runs to one MLflow store.
 
     Every call retries while the server is unreachable (see the module docstring); writes to
-    existing runs are buffered meanwhile. A full disk raises :class:`harness.faults.DiskFull`.
+    existing runs are buffered meanwhile. A full disk raises :class:`harness.core.faults.DiskFull`.
 
     Args:
         tracking_uri: Where the runs go; checked with :func:`check_tracking_uri`.
         retry_window: Seconds an unreachable server is retried before
-            :class:`harness.faults.StoreUnreachable`.
+            :class:`harness.core.faults.StoreUnreachable`.
         announce: Where the outage's start and end lines go.
         max_buffered: Writes held during an outage before a write waits for the server.
     """

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # How a batch of images becomes logits at evaluation: (model, images) -> logits. Evaluation hooks
-# (harness.hooks) replace the plain forward, e.g. to average the logits of several views.
+# (harness.training.hooks) replace the plain forward, e.g. to average the logits of several views.
 Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 

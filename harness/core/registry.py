@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import ClassVar, Generic, TypeVar
 
-from harness.errors import unknown_choice
+from harness.core.errors import unknown_choice
 
 T = TypeVar("T")
 
@@ -19,22 +20,40 @@ class Registry(Generic[T]):
 
     # Every registry ever made, so tests can walk them all (e.g. for the names tricks add).
     instances: ClassVar[list[Registry]] = []
+    # The modules that registered entries, in order. A spawned process (a DDP rank) starts with
+    # none registered; importing these again registers the same entries there.
+    _modules: ClassVar[dict[str, None]] = {}
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
         Registry.instances.append(self)
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Return a decorator that stores its argument under ``name``."""
+    def register(self, name: str, *, module: str | None = None) -> Callable[[T], T]:
+        """Return a decorator that stores its argument under ``name``.
+
+        Args:
+            name: The entry's name.
+            module: The module whose import registers it; default: the caller's. (An entry may
+                be an instance whose class lives elsewhere, so its own ``__module__`` would
+                not name it.)
+        """
+        caller = module or sys._getframe(1).f_globals.get("__name__", "__main__")
 
         def add(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = obj
+            if caller != "__main__":
+                Registry._modules[caller] = None
             return obj
 
         return add
+
+    @classmethod
+    def modules(cls) -> list[str]:
+        """Return the modules that registered entries in this process, in the order they did."""
+        return list(cls._modules)
 
     def get(self, name: str) -> T:
         """Return the entry called ``name``; raise a UserError naming the choices if absent."""
