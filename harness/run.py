@@ -153,7 +153,7 @@ def run_once(cfg: RunConfig, alpha: float | None = None, printed: bool = True
     Returns:
         What the command did, and the report (None when no trial has a result yet).
     """
-    from harness.study.launchers import run_study
+    from harness.study.launch import run_study
     from harness.study.reporting import report_study
 
     outcome = run_study(cfg.plan(), cfg.launch)

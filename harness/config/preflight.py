@@ -16,7 +16,6 @@ from typing import Any
 
 from harness.config.settings import RunConfig
 from harness.core.checks import (
-    check_can_submit,
     check_device,
     check_device_fit,
     check_driver,
@@ -32,6 +31,7 @@ from harness.core.errors import UserError, unknown_choice
 from harness.data.augment import AUGMENTATIONS
 from harness.models.parts import ARCHITECTURES, DATA_INITIALIZERS, INITIALIZERS, SHORTCUTS, STEMS
 from harness.recipe import Recipe
+from harness.study.launchers.base import DeviceNeed
 from harness.study.storage import default_storage
 from harness.training.hooks import HOOKS
 from harness.training.losses import LOSSES
@@ -133,7 +133,7 @@ def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
     """
     launch = cfg.launch
     started = torchrun_size()
-    if started > 1 and (launch.workers != 1 or launch.launcher != "local"):
+    if started > 1 and (launch.workers != 1 or not launch.starter.in_process(1)):
         raise UserError(f"under torchrun ({started} ranks) a study runs as one worker; drop "
                         f"workers= and launcher=")
     for trainer in {(r.trainer.devices, r.trainer.sync_bn) for r in recipes}:
@@ -144,16 +144,9 @@ def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
                                 f"ranks; leave it out or make it {started}")
             # torchrun placed the ranks, maybe on several machines: no GPUs to count here.
             check_device_fit(cfg.device, started, sync_bn=sync_bn, cuda_count=started)
-        elif launch.launcher == "local":
-            check_device_fit(cfg.device, devices, launch.workers, launch.trials_per_gpu,
-                             sync_bn=sync_bn, cuda_count=cuda_count)
-        else:  # each Slurm task is one worker, on a machine of its own with its own GPUs
-            gpus = launch.slurm.gpus_per_task
-            if cfg.device != "cpu" and 0 < gpus < devices:
-                raise UserError(f"trainer.devices={devices} needs {devices} GPUs per worker; "
-                                f"slurm.gpus_per_task={gpus}")
-            check_device_fit("cuda" if cfg.device != "cpu" and gpus else "cpu", devices,
-                             sync_bn=sync_bn, cuda_count=gpus)
+        else:
+            launch.starter.check_trials_fit(cfg.device, DeviceNeed(devices, sync_bn), launch,
+                                            cuda_count)
 
 
 def check_workers(cfg: RunConfig, cores: int | None = None, gpus: int | None = None) -> None:
@@ -171,13 +164,12 @@ def check_workers(cfg: RunConfig, cores: int | None = None, gpus: int | None = N
         gpus: GPUs visible here; None asks torch.
     """
     launch = cfg.launch
-    if launch.launcher == "slurm":
-        check_can_submit(launch.slurm.cluster)
+    launch.starter.check_can_start()
     if launch.workers == "auto":  # one per GPU slot, so within what the machine has
         return
     trials = cfg.plan().total_trials
     limits = [(trials, f"the study has {trials} trial(s), one per worker at most")]
-    if launch.launcher == "local" or launch.slurm.cluster == "local":
+    if launch.starter.uses_this_machine():
         if cores is None:
             cores = len(usable_cores())
         if gpus is None:

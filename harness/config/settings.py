@@ -19,15 +19,15 @@ from omegaconf import OmegaConf
 
 from harness.core.checks import (
     check_integer_size,
-    check_slurm_partition,
     check_tracking,
+    positive_int,
     too_large,
 )
 from harness.core.errors import UserError, abbreviated, unknown_choice
 from harness.core.faults import RETRY_WINDOW
 from harness.recipe import SECTIONS, Recipe
 from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
-from harness.study.launch import CLUSTERS, LAUNCHERS, Launch, SlurmSettings
+from harness.study.launchers import LAUNCHERS, Launch, launcher_settings
 from harness.study.plan import Plan, experiment_name, grown_seeds
 from harness.study.spec import StudySpec, list_studies, load_study
 from harness.study.storage import check_storage
@@ -77,13 +77,8 @@ SETTINGS: dict[str, tuple[Any, str]] = {
     "trials_per_gpu": (1, "workers packed onto each GPU (small models leave a big GPU idle)"),
     "launcher": ("local", f"where workers run: {' | '.join(LAUNCHERS)} (a Slurm job array via "
                  f"submitit)"),
-    "slurm.cluster": ("slurm", f"{' | '.join(CLUSTERS)}: local runs the job array on this "
-                      f"machine"),
-    "slurm.partition": (None, "Slurm partition of the workers' job array"),
-    "slurm.time": (240, "minutes each Slurm task may run"),
-    "slurm.gpus_per_task": (0, "GPUs of each Slurm task"),
-    "slurm.cpus_per_task": (None, "CPU cores of each Slurm task; default: Slurm's"),
-    "slurm.array_parallelism": (None, "Slurm tasks running at once; default: all"),
+    # The launchers' own settings (slurm.*), each declared by its launcher.
+    **launcher_settings(),
 }
 
 
@@ -329,14 +324,6 @@ def with_more_seeds(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, seeds=check_seed_range(seeds), more_seeds=0)
 
 
-def _positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
 def _positive_float(key: str, value: Any, unit: str = "seconds") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
         raise UserError(f"{key} must be a positive number of {unit}, got {value!r}")
@@ -344,36 +331,18 @@ def _positive_float(key: str, value: Any, unit: str = "seconds") -> float:
 
 
 def _launch(settings: Mapping[str, Any]) -> Launch:
-    """Check the workers, launcher and ``slurm.*`` settings and build the Launch."""
+    """Check the workers and launcher settings (the launcher its own) and build the Launch."""
     workers = settings["workers"]
     if workers != "auto":
-        workers = _positive_int("workers", workers)
+        workers = positive_int("workers", workers)
     if settings["launcher"] not in LAUNCHERS:
         raise unknown_choice("launcher", settings["launcher"], LAUNCHERS)
-    if settings["slurm.cluster"] not in CLUSTERS:
-        raise unknown_choice("slurm.cluster", settings["slurm.cluster"], CLUSTERS)
-    if settings["launcher"] == "slurm" and workers == "auto":
-        raise UserError("launcher=slurm needs a number of workers, e.g. workers=8")
-    partition = settings["slurm.partition"]
-    slurm = SlurmSettings(
-        cluster=settings["slurm.cluster"],
-        partition=None if partition is None else check_slurm_partition(str(partition)),
-        time=_positive_int("slurm.time", settings["slurm.time"]),
-        gpus_per_task=_count("slurm.gpus_per_task", settings["slurm.gpus_per_task"]),
-        cpus_per_task=_positive_int("slurm.cpus_per_task", settings["slurm.cpus_per_task"],
-                                    none_ok=True),
-        array_parallelism=_positive_int("slurm.array_parallelism",
-                                        settings["slurm.array_parallelism"], none_ok=True),
-    )
-    return Launch(workers=workers,
-                  trials_per_gpu=_positive_int("trials_per_gpu", settings["trials_per_gpu"]),
-                  launcher=settings["launcher"], slurm=slurm)
-
-
-def _count(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{key} must be 0 or a positive integer, got {value!r}")
-    return value
+    options = {name: LAUNCHERS.get(name).parse(settings) for name in LAUNCHERS}
+    launch = Launch(workers=workers,
+                    trials_per_gpu=positive_int("trials_per_gpu", settings["trials_per_gpu"]),
+                    launcher=settings["launcher"], options=options[settings["launcher"]])
+    launch.starter.check_workers(workers)
+    return launch
 
 
 def resolve_budget(budget: str, cuda_available: bool | None = None) -> str:

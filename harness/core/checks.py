@@ -380,3 +380,19 @@ def check_tracking(tracking_uri: str) -> None:
             # otherwise leave a new, empty store behind.
             raise UserError(f"tracking_uri '{tracking_uri}': folder '{folder}' does not exist")
         check_mlflow_sqlite("tracking_uri", path)
+
+
+def positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:
+    """Return ``value`` if it is a positive integer (or None, with ``none_ok``)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def count(key: str, value: Any) -> int:
+    """Return ``value`` if it is 0 or a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{key} must be 0 or a positive integer, got {value!r}")
+    return value

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.core.errors import UserError
 from harness.core.faults import EXIT_DISK_FULL, EXIT_UNREACHABLE, DiskFull, StoreUnreachable
-from harness.study.launchers import run_worker_task
+from harness.study.launchers.tasks import run_worker_task
 from harness.study.runner import WorkerResult
 
 
