@@ -21,13 +21,14 @@ import sys
 from pathlib import Path
 
 from harness.config.arguments import guarded, key_values
+from harness.config.settings import DEFAULT_TRACKING_URI, resolve_budget
 from harness.core.errors import UserError, abbreviated
 
 DEFAULTS = {
     "study": None,
     "budget": "auto",
     "out": None,
-    "tracking_uri": "sqlite:///mlruns/mlflow.db",
+    "tracking_uri": DEFAULT_TRACKING_URI,
     "parent": None,
     "margin": "1.0",
 }
@@ -53,17 +54,6 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     if not values["study"]:
         raise UserError("missing study=NAME, e.g. python -m harness.export study=tricks")
     return values  # type: ignore[return-value]
-
-
-def resolve_budget(budget: str) -> str:
-    """Return ``budget``, with ``auto`` meaning ``full`` on a CUDA machine and ``cpu`` elsewhere."""
-    if budget != "auto":
-        return budget
-    try:
-        import torch  # imported only here: it takes seconds and only ``auto`` needs it
-    except ImportError:
-        return "cpu"
-    return "full" if torch.cuda.is_available() else "cpu"
 
 
 def readable_tracking_uri(tracking_uri: str) -> str:

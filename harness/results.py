@@ -43,14 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.arguments import guarded, key_values
+from harness.config.settings import DEFAULT_TRACKING_URI, resolve_budget
 from harness.core.errors import UserError, unknown_choice
-from harness.export import SQLITE_PREFIX, readable_tracking_uri, resolve_budget
+from harness.export import SQLITE_PREFIX, readable_tracking_uri
 
 DEFAULTS = {
     "study": None,
     "budget": None,
     "parent": None,
-    "tracking_uri": "sqlite:///mlruns/mlflow.db",
+    "tracking_uri": DEFAULT_TRACKING_URI,
     "exports": "exports",
 }
 """Argument key → default; None means every study (``study``), the most recently updated or
