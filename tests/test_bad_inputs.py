@@ -285,6 +285,7 @@ def test_export_refuses(store, capsys, args):
     assert snapshot(store) == before
 
 
+@pytest.mark.slow
 def test_same_command_from_another_folder_trains_nothing_again(store, capsys, tmp_path):
     """The default storage sits beside the MLflow store, so the working folder cannot matter."""
     argv = base(store) + ["stem=none", "init=default", "optimizer=sgd"]
@@ -301,6 +302,7 @@ def test_same_command_from_another_folder_trains_nothing_again(store, capsys, tm
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_the_same_data_through_another_path_trains_nothing_again(store, capsys, tmp_path):
     """A trial is what its data is (the digest), not where it lives: a symlink or a move."""
     argv = base(store) + ["stem=none", "init=default", "optimizer=sgd"]
@@ -322,6 +324,7 @@ def test_a_real_process_prints_one_line_and_exits_2(store):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_slurm_without_srun_leaves_a_finished_store_as_it_was(store, capsys, tmp_path,
                                                                monkeypatch):
     """The launcher finds it cannot submit before the study's stores are opened."""

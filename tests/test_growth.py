@@ -97,6 +97,7 @@ def test_more_seeds_train_only_the_new_seeds(images, tmp_path, capsys):
     assert len(counted) == 32 and set(counted["seed"]) == {0, 1}
 
 
+@pytest.mark.slow
 def test_new_factor_option_and_superset_file_train_only_new_configs(images, tmp_path, capsys):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     assert main([f"study={study}", *args_for(images, tmp_path)]) == 0
@@ -124,6 +125,7 @@ def test_new_factor_option_and_superset_file_train_only_new_configs(images, tmp_
     assert len(counted) == 6 and meta["parent_run_id"] == parents[0].info.run_id
 
 
+@pytest.mark.slow
 def test_changed_recipe_value_trains_everything_again(images, tmp_path, capsys):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     assert main([f"study={study}", *args_for(images, tmp_path)]) == 0
@@ -135,6 +137,7 @@ def test_changed_recipe_value_trains_everything_again(images, tmp_path, capsys):
     assert_one_finished_run_per_identity(runs, 4)
 
 
+@pytest.mark.slow
 def test_report_command_adds_seeds_and_trains_only_them(images, tmp_path, capsys):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     assert main([f"study={study}", *args_for(images, tmp_path)]) == 0
@@ -154,6 +157,7 @@ def test_report_command_adds_seeds_and_trains_only_them(images, tmp_path, capsys
     assert "already done" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_rerun_replaces_the_old_run_and_deletes_nothing(images, tmp_path, capsys):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     args = [f"study={study}", *args_for(images, tmp_path)]
@@ -183,6 +187,7 @@ def test_rerun_replaces_the_old_run_and_deletes_nothing(images, tmp_path, capsys
     assert len(counted) == 4 and not (set(counted["run_id"]) & old_ids)
 
 
+@pytest.mark.slow
 def test_runs_without_identity_are_not_reused_and_still_export(images, tmp_path, capsys):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     args = [f"study={study}", *args_for(images, tmp_path)]
@@ -203,6 +208,7 @@ def test_runs_without_identity_are_not_reused_and_still_export(images, tmp_path,
     assert len(report.configs) == 2
 
 
+@pytest.mark.slow
 def test_more_seeds_syntax_reads_the_seeds_already_run(images, tmp_path):
     study = small_study(tmp_path, "{optimizer: [sgd, adam]}")
     args = [f"study={study}", *args_for(images, tmp_path)]

@@ -77,6 +77,7 @@ def test_the_verdict_names_the_margin_and_the_calls(exported):
     assert "undetermined" in verdict
 
 
+@pytest.mark.slow
 def test_the_margin_is_a_report_setting(exported, tmp_path, capsys):
     _, _, report = exported
     database = report.parent / "mlflow.db"
@@ -102,6 +103,7 @@ def trial_and_parent_runs(database: Path) -> tuple[int, int]:
     return rows.get("trial", 0), rows.get("parent", 0)
 
 
+@pytest.mark.slow
 def test_a_store_written_before_trains_nothing_again_wherever_its_data_now_is(
         tmp_path, capsys, monkeypatch):
     with tarfile.open(RELATIVE_ROOT_STORE) as packed:

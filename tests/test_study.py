@@ -118,6 +118,7 @@ def test_report_is_written_and_logged_to_the_parent(tricks_smoke):
     assert "report/effects.csv" in logged and "report/verdict.md" in logged
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_trials(tricks_smoke, learnable_folder, capsys):
     tmp, _ = tricks_smoke
     assert main(["study=tricks", *store_args(learnable_folder, tmp)]) == 0
@@ -126,6 +127,7 @@ def test_rerun_skips_finished_trials(tricks_smoke, learnable_folder, capsys):
     assert len(runs) == 16 and len(parents) == 1
 
 
+@pytest.mark.slow
 def test_divergence_fails_one_trial_and_the_study_goes_on(learnable_folder, tmp_path):
     study = tmp_path / "diverge.yaml"
     study.write_text(
@@ -145,6 +147,7 @@ def test_divergence_fails_one_trial_and_the_study_goes_on(learnable_folder, tmp_
     assert len(trial_runs(tmp_path, "diverge-smoke")[1]) == 2
 
 
+@pytest.mark.slow
 def test_optuna_search_prunes_and_reports(learnable_folder, tmp_path):
     args = ["study=search", *store_args(learnable_folder, tmp_path), "n_trials=4"]
     assert main(args) == 0
@@ -160,6 +163,7 @@ def test_optuna_search_prunes_and_reports(learnable_folder, tmp_path):
     assert len(study.trials) == 4
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_finishes_every_config_once(learnable_folder, tmp_path):
     # Four configs, each slow enough (several epochs) to be killed in the middle of one.
     args = ["study=tricks", *store_args(learnable_folder, tmp_path), "depth=resnet18",
@@ -192,6 +196,7 @@ def test_resume_after_sigkill_finishes_every_config_once(learnable_folder, tmp_p
     assert parents[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(learnable_folder, tmp_path):
     args = ["study=tricks", *store_args(learnable_folder, tmp_path), "depth=resnet18",
             "init=default", "stem=none", "trainer.epochs=30", "trainer.batch_size=8"]
