@@ -30,14 +30,13 @@ on stderr and exit code 2, before anything is written.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,23 +116,10 @@ class StudyState:
 
 
 def _ms(value: Any) -> int:
-    """Return a run time from ``mlflow.search_runs`` (a Timestamp, or NaT/None) in milliseconds."""
+    """Return a run time from a runs table (a Timestamp, or NaT/None) in milliseconds."""
     if value is None or value != value:  # NaT and NaN are not equal to themselves
         return 0
     return int(value.timestamp() * 1000)
-
-
-@contextlib.contextmanager
-def _global_tracking_uri(tracking_uri: str) -> Iterator[None]:
-    """Point ``mlflow.search_runs`` (which reads the global URI) at the store; restore after."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def _study_and_budget(experiment: str, tags: Mapping[str, str]) -> tuple[str, str]:
@@ -202,8 +188,7 @@ def study_state(client: Any, tracking_uri: str, experiment: Any, parents: list[A
     tags, metrics = parent.data.tags, parent.data.metrics
     study, budget = _study_and_budget(experiment.name, tags)
     design, queued = _design(tags)
-    with _global_tracking_uri(tracking_uri):
-        frame = _study_runs(experiment.experiment_id, parent.info.run_id)
+    frame = _study_runs(tracking_uri, experiment.experiment_id, parent.info.run_id)
     if frame.empty:
         frame = pd.DataFrame(columns=["run_id", "status", "start_time", "end_time"])
     statuses = frame["status"].value_counts()

@@ -21,6 +21,7 @@ from harness.core.errors import UserError, unknown_choice
 from harness.report.examples import ExampleResults
 from harness.report.tables import Factors, option_text
 from harness.study.designs import from_record
+from harness.tracking.reader import runs_frame
 from harness.tracking.schema import Artifact, Metric, Param, Tag
 
 IMPORTANCE_COLUMNS = ("param", "importance")
@@ -96,7 +97,7 @@ def _alpha(text: str | None, where: str) -> float | None:
 
 
 def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
-    """Convert ``mlflow.search_runs`` columns (params.*, metrics.*, tags.*) to the runs schema."""
+    """Convert a runs table's columns (params.*, metrics.*, tags.*) to the runs schema."""
     n = len(frame)
 
     def column(name: str) -> pd.Series:
@@ -135,12 +136,7 @@ def _runs_from_search(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
-def _search(experiment_id: str, filter_string: str) -> pd.DataFrame:
-    return mlflow.search_runs(experiment_ids=[experiment_id], filter_string=filter_string,
-                              output_format="pandas")
-
-
-def _study_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
+def _study_runs(tracking_uri: str, experiment_id: str, parent_run_id: str) -> pd.DataFrame:
     """Return the trial runs a parent counts: its own and those it adopted, once per identity.
 
     A grown study adopts the finished runs of trials it shares with earlier studies (tag
@@ -149,9 +145,11 @@ def _study_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
     several FINISHED runs of one identity only the newest counts. Runs without an identity
     (written before identities existed) are all kept, as they always were.
     """
-    own = _search(experiment_id, f"tags.`{Tag.ROLE}` = 'trial' and "
-                                 f"tags.`{Tag.PARENT}` = '{parent_run_id}'")
-    adopted = _search(experiment_id, f"tags.`{Tag.adopted_by(parent_run_id)}` = 'true'")
+    def search(filter_string: str) -> pd.DataFrame:
+        return runs_frame(tracking_uri, [experiment_id], filter_string)
+
+    own = search(f"tags.`{Tag.ROLE}` = 'trial' and tags.`{Tag.PARENT}` = '{parent_run_id}'")
+    adopted = search(f"tags.`{Tag.adopted_by(parent_run_id)}` = 'true'")
     found = [f for f in (own, adopted) if not f.empty]
     frame = pd.concat(found, ignore_index=True) if found else own
     replaced_column = f"tags.{Tag.REPLACED_BY}"
@@ -165,7 +163,7 @@ def _study_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
         frame = frame.loc[~replaced]
         if successors:
             quoted = ", ".join(f"'{run_id}'" for run_id in successors)
-            found = _search(experiment_id, f"attributes.run_id IN ({quoted})")
+            found = search(f"attributes.run_id IN ({quoted})")
             frame = pd.concat([frame, found], ignore_index=True)
     return _one_per_identity(frame.drop_duplicates("run_id"))
 
@@ -215,12 +213,7 @@ def load_runs(
         listed = ", ".join(existing) if existing else "none"
         raise UserError(f"no experiment '{name}' at {tracking_uri}; experiments there: {listed}")
     meta = _parent_meta(client, experiment.experiment_id, name, parent_run_id)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; restored below
-    try:
-        frame = _study_runs(experiment.experiment_id, meta["parent_run_id"])
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    frame = _study_runs(tracking_uri, experiment.experiment_id, meta["parent_run_id"])
     if frame.empty:
         raise UserError(f"parent run {meta['parent_run_id']} of '{name}' has no trial runs yet")
     runs = _runs_from_search(frame, meta["factors"])
