@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import traceback
@@ -57,7 +56,7 @@ from harness.study.queue import (
 from harness.study.reuse import adopt_finished, earlier_study, reused_count, supersede
 from harness.study.storage import default_storage, heartbeat_interval, open_storage, queue_lock
 from harness.tracking.provenance import environment_tags
-from harness.tracking.schema import Tag
+from harness.tracking.schema import Tag, study_tags, trial_params, trial_tags
 from harness.tracking.store import Tracker
 from harness.tracking.trial_logging import log_trial_outcome
 from harness.training.evaluate import Evaluation
@@ -265,19 +264,14 @@ def finish_told_runs(session: StudySession) -> int:
 
 
 def _parent_tags(plan: Plan, session: StudySession, data: PreparedData) -> dict[str, str]:
-    defaults = {name: TRICKS.get(name).default for name in plan.factors}
-    return {
-        Tag.STUDY: plan.study, Tag.BUDGET: plan.budget,
-        Tag.KIND: plan.design.study_kind, Tag.DESIGN: json.dumps(plan.design.record()),
-        Tag.FACTORS: json.dumps(plan.factors),
-        Tag.DEFAULTS: json.dumps(defaults), Tag.FIXED: json.dumps(plan.fixed),
-        **({Tag.CONFIGS: json.dumps([{k: c[k] for k in plan.factors} for c in plan.configs])}
-           if plan.design.records_configs else {}),
-        Tag.OPTUNA_STORAGE: session.storage_url,
-        Tag.OPTUNA_STUDY: plan.optuna_study_name,
-        Tag.DEVICE: device_name(resolve_device(plan.device)), Tag.DATASET_DIGEST: data.digest,
-        Tag.NOTE: plan.description, Tag.COMMAND: json.dumps(list(plan.command_line)),
-    }
+    return study_tags(
+        study=plan.study, budget=plan.budget, kind=plan.design.study_kind,
+        design=plan.design.record(), factors=plan.factors,
+        defaults={name: TRICKS.get(name).default for name in plan.factors}, fixed=plan.fixed,
+        configs=plan.configs if plan.design.records_configs else None,
+        optuna_storage=session.storage_url, optuna_study=plan.optuna_study_name,
+        device=device_name(resolve_device(plan.device)), dataset_digest=data.digest,
+        description=plan.description, command=plan.command_line)
 
 
 class Worker:
@@ -443,18 +437,13 @@ class Worker:
                    seed: int, numeric: dict[str, float], data: PreparedData,
                    identity: str) -> str:
         plan = self.plan
-        tags = {
-            Tag.STUDY: plan.study, Tag.BUDGET: plan.budget,
-            Tag.TOGGLES: json.dumps(toggles), Tag.SEED: str(seed),
-            Tag.CONFIG: config_label(toggles), Tag.TRIAL: str(trial.number),
-            Tag.DEVICE: device_name(self.device), Tag.DATASET_DIGEST: data.digest,
-            Tag.STUDY_KEY: plan.key, Tag.TORCH_SEED: str(recipe.seed),
-            Tag.WORKER: str(self.owner.worker), Tag.IDENTITY: identity,
-        }
+        tags = trial_tags(
+            study=plan.study, budget=plan.budget, toggles=toggles, seed=seed,
+            config=config_label(toggles), trial=trial.number, device=device_name(self.device),
+            dataset_digest=data.digest, study_key=plan.key, torch_seed=recipe.seed,
+            worker=self.owner.worker, identity=identity)
         tags.update(environment_tags())
-        flat = {("torch_seed" if k == "seed" else k): v for k, v in recipe.flat().items()
-                if not k.startswith("toggles.")}
-        params = {**toggles, "seed": seed, **numeric, **flat}
+        params = trial_params(toggles, seed, numeric, recipe.flat())
         run_id = self.tracker.start_trial(self.session.experiment_id, self.parent_run_id,
                                           run_name(toggles, seed), tags, params)
         self.db(trial.set_user_attr, RUN_ATTR, run_id)

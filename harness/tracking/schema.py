@@ -2,10 +2,16 @@
 
 Every writer (the study runner, :mod:`~harness.tracking.trial_logging`) and every reader
 (:mod:`harness.report`) imports these, so a name is never spelled twice. The module imports
-nothing, so readers pay nothing for it.
+nothing but the standard library, so readers pay nothing for it. The functions at the end build
+what a study's parent run and each trial run are tagged and given as params: the one place that
+writes a study's identity out.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class Tag:
@@ -86,3 +92,50 @@ class Param:
 
     SEED = "seed"  # the replicate seed; the derived torch seed is param ``torch_seed``
     TEST_SIZE = "data.test_size"  # the recipe's test subset; "None" means the whole test split
+
+
+def study_tags(*, study: str, budget: str, kind: str, design: Mapping[str, Any],
+               factors: Mapping[str, Sequence[str]], defaults: Mapping[str, str],
+               fixed: Mapping[str, str], configs: Sequence[Mapping[str, str]] | None,
+               optuna_storage: str, optuna_study: str, device: str, dataset_digest: str,
+               description: str, command: Sequence[str]) -> dict[str, str]:
+    """Return the tags of a study's parent run, each named by :class:`Tag`.
+
+    ``configs`` are the cells of a design that lists them (a fraction, a listed set), each over
+    the factors; None where the factors' cross or a search defines them. The mappings are
+    written as JSON.
+    """
+    return {
+        Tag.STUDY: study, Tag.BUDGET: budget, Tag.KIND: kind, Tag.DESIGN: json.dumps(design),
+        Tag.FACTORS: json.dumps(factors), Tag.DEFAULTS: json.dumps(defaults),
+        Tag.FIXED: json.dumps(fixed),
+        **({Tag.CONFIGS: json.dumps([{k: c[k] for k in factors} for c in configs])}
+           if configs is not None else {}),
+        Tag.OPTUNA_STORAGE: optuna_storage, Tag.OPTUNA_STUDY: optuna_study,
+        Tag.DEVICE: device, Tag.DATASET_DIGEST: dataset_digest,
+        Tag.NOTE: description, Tag.COMMAND: json.dumps(list(command)),
+    }
+
+
+def trial_tags(*, study: str, budget: str, toggles: Mapping[str, str], seed: int, config: str,
+               trial: int, device: str, dataset_digest: str, study_key: str, torch_seed: int,
+               worker: int, identity: str) -> dict[str, str]:
+    """Return the tags of one trial run (the environment's tags are added by provenance)."""
+    return {
+        Tag.STUDY: study, Tag.BUDGET: budget, Tag.TOGGLES: json.dumps(toggles),
+        Tag.SEED: str(seed), Tag.CONFIG: config, Tag.TRIAL: str(trial), Tag.DEVICE: device,
+        Tag.DATASET_DIGEST: dataset_digest, Tag.STUDY_KEY: study_key,
+        Tag.TORCH_SEED: str(torch_seed), Tag.WORKER: str(worker), Tag.IDENTITY: identity,
+    }
+
+
+def trial_params(toggles: Mapping[str, str], seed: int, searched: Mapping[str, float],
+                 recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the params of one trial run.
+
+    They are each trick's option, the seed, what a search chose, and the whole recipe flattened
+    (its seed as ``torch_seed``, its toggles left out).
+    """
+    flat = {("torch_seed" if k == "seed" else k): v for k, v in recipe.items()
+            if not k.startswith("toggles.")}
+    return {**toggles, Param.SEED: seed, **searched, **flat}
