@@ -205,6 +205,11 @@ def test_parent_run_lists_the_report_artifacts(
         page.get_by_text(name, exact=True).first.wait_for()
     page.get_by_text("verdict.md", exact=True).first.click()
     page.get_by_text("Ablation report").first.wait_for()  # the markdown's title: it was served
+    # The verdict's table as the report view shows it: every option with its call.
+    calls = json.loads(study.parent.data.tags["harness.calls"])
+    assert calls
+    for call in set(calls.values()):
+        page.get_by_text(call, exact=True).first.wait_for()
     page.screenshot(path=str(shots / "mlflow-report.png"))
 
 
