@@ -2,7 +2,7 @@
 
 For each case (a model and a batch size) this prints training images/s for
 
-  (a) ``harness.training.loop.fit`` on a Recipe: val_size=0 (no per-epoch eval), constant lr, SGD
+  (a) ``harness.training.trainer.fit`` on a Recipe: val_size=0 (no per-epoch eval), constant lr, SGD
       lr 1e-3 momentum 0.9 (the seed's), no augmentation, no progress bars, eager
       (``trainer.compile=false``). Two epochs over ``--images`` images; the second (warm)
       epoch's ``images_per_sec`` is reported.

@@ -3,7 +3,7 @@
 ``prepare_study`` is what a command does before any worker starts: it checks the data, creates
 the Optuna study and the MLflow parent run (under the queue lock, so concurrent commands make
 one of each) and fills the queue. A ``Worker`` then claims trial after trial until the queue is
-drained, trains each through ``harness.training.loop.fit`` and logs it to one MLflow child run.
+drained, trains each through ``harness.training.trainer.fit`` and logs it to one MLflow child run.
 
 A worker rides through a short outage of the tracking server or the database: every storage call
 it makes is retried for ``retry_window`` (:class:`~harness.core.faults.Outage`), and MLflow writes
