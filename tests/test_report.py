@@ -562,3 +562,25 @@ def test_labels_of_configs_at_nearly_one_point_do_not_overlap():
     for first in range(len(boxes)):
         for second in range(first + 1, len(boxes)):
             assert not boxes[first].overlaps(boxes[second]), (points[first], points[second])
+
+
+def test_the_settle_command_covers_what_it_can_and_names_what_needs_more_than_the_cap():
+    """One option a few seeds more settle, one at the margin that no 20 seeds do: the command
+    is planned for the first, and the second is named apart (the make run of 2026-12-07)."""
+    from harness.report.effects import OptionTest
+    from harness.report.examples import PER_EXAMPLE
+    from harness.report.noise import DESIGN_MODEL, RunNoise
+    from harness.report.verdict import settle_plan
+
+    def option(name: str, effect: float, se: float) -> OptionTest:
+        runs = RunNoise(effect, se, 12.0, DESIGN_MODEL, np.zeros(16), seeds=2)
+        return OptionTest(name, "on", "off", runs, 0.05, PER_EXAMPLE, 60.0, 60.0, 2)
+
+    tests = [option("init", -3.3, 1.0), option("optimizer", -1.0, 0.8)]
+    effects = pd.DataFrame({"trick": ["init", "optimizer"], "option": ["on", "on"],
+                            "call": ["undetermined", "undetermined"]})
+    plan = settle_plan(tests, effects, n_seeds=2, n_configs=16, alpha=0.025,
+                       seconds_per_run=60.0)
+    assert plan.too_many == [("optimizer", "on")]
+    assert plan.seeds is not None and 2 < plan.seeds <= 20
+    assert plan.new_runs == (plan.seeds - 2) * 16

@@ -143,7 +143,8 @@ def guidance(verdict: Verdict) -> list[str]:
                      f"results, so the test set's share is bounded, not measured, and the bound "
                      f"alone is too large for the effect and the margin at any number of seeds; "
                      f"runs logged by this version measure it.")
-    settle = [key for key in plan.unsettled if key not in plan.beyond + plan.bounded]
+    settle = [key for key in plan.unsettled
+              if key not in plan.beyond + plan.bounded + plan.too_many]
     if settle and plan.seeds is not None:
         command = settle_command(verdict, plan.seeds)
         hours = duration_text(plan.new_runs * plan.seconds_per_run)
@@ -152,9 +153,9 @@ def guidance(verdict: Verdict) -> list[str]:
                      f"adds a seed per round until every option is settled, at most "
                      f"{plan.new_runs} more runs{took}; the finished ones are reused"
                      + (f": {command}" if command else "."))
-    elif settle:
-        lines.append(f"{_toggle_text(settle)} would need more than {MAX_PLANNED} seeds to "
-                     f"settle at their measured effects.")
+    if plan.too_many:
+        lines.append(f"{_toggle_text(plan.too_many)} would need more than {MAX_PLANNED} seeds "
+                     f"to settle at their measured effects.")
     return lines
 
 

@@ -68,16 +68,15 @@ class SettlePlan:
     """What more seeds would do for the undetermined options.
 
     ``seeds`` is the ``max_seeds`` of the ``seeds=auto`` command that would settle every
-    undetermined option with an interval (call it helps, hurts or negligible) 80% of the time by
-    its last round, if its effect is what this study measured, each round calling at the level
-    of that command's looks (see :mod:`harness.study.designs.adaptive`); None when some option
-    needs more than :data:`MAX_SEEDS`. ``new_runs`` is the trials it takes at most, and
-    ``seconds_per_run`` this study's mean training time of a run. ``beyond`` lists the options
-    that no number of seeds settles: the test set's own share of the noise, measured from
-    per-example results, is too large for them;
-    ``bounded`` those for which only the bound of a store without per-example results says so
-    (the true share may well be smaller). ``no_interval`` lists those without an interval yet,
-    which more seeds give one.
+    undetermined option with an interval (call it helps, hurts or negligible) 80% of the time by its
+    last round, if its effect is what this study measured, each round calling at the level of that
+    command's looks (see :mod:`harness.study.designs.adaptive`), leaving out those in ``too_many``,
+    which need more than :data:`MAX_SEEDS`; None when no option can be planned. ``new_runs`` is the
+    trials it takes at most, and ``seconds_per_run`` this study's mean training time of a run.
+    ``beyond`` lists the options that no number of seeds settles: the test set's own share of the
+    noise, measured from per-example results, is too large for them; ``bounded`` those for which
+    only the bound of a store without per-example results says so (the true share may well be
+    smaller). ``no_interval`` lists those without an interval yet, which more seeds give one.
     """
 
     seeds: int | None = None
@@ -87,6 +86,7 @@ class SettlePlan:
     bounded: list[tuple[str, str]] = field(default_factory=list)
     no_interval: list[tuple[str, str]] = field(default_factory=list)
     unsettled: list[tuple[str, str]] = field(default_factory=list)  # undetermined, with interval
+    too_many: list[tuple[str, str]] = field(default_factory=list)  # need more than MAX_SEEDS
 
 
 @dataclass
@@ -213,6 +213,7 @@ def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int
     tested = sum(t.tested for t in tests)
     level = stats.family_level(tested, alpha)
     needed: list[int] = []
+    planned_keys: list[tuple[str, str]] = []  # the options ``needed`` counts seeds for
     beyond, bounded, no_interval, unsettled = [], [], [], []
     for test in tests:
         if calls.get((test.trick, test.option)) != UNDETERMINED:
@@ -226,6 +227,7 @@ def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int
         if stats.detectable_effect(test.se_test, math.inf, level) >= target:
             (beyond if test.test_source == PER_EXAMPLE else bounded).append(key)
             continue
+        planned_keys.append(key)
         for seeds in range(n_seeds + 1, max_seeds + 1):
             se, df = test.projected_se(seeds)
             look_level = stats.family_level(tested, alpha / seeds)
@@ -235,10 +237,11 @@ def settle_plan(tests: Sequence[OptionTest], effects: pd.DataFrame, n_seeds: int
         else:
             needed.append(max_seeds + 1)
     planned = [s for s in needed if s <= max_seeds]
-    seeds = max(planned) if planned and len(planned) == len(needed) else None
+    too_many = [key for key, s in zip(planned_keys, needed) if s > max_seeds]
+    seeds = max(planned) if planned else None
     return SettlePlan(seeds=seeds, new_runs=(seeds - n_seeds) * n_configs if seeds else 0,
                       seconds_per_run=seconds_per_run, beyond=beyond, bounded=bounded,
-                      no_interval=no_interval, unsettled=unsettled)
+                      no_interval=no_interval, unsettled=unsettled, too_many=too_many)
 
 
 def _best_trial(runs: pd.DataFrame, factors: Factors) -> dict[str, Any] | None:

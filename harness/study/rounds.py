@@ -98,7 +98,10 @@ def run_rounds(cfg: RunConfig, run_once: RunOnce) -> int:
     if report is not None and reason.startswith(("max_seeds", "the next round")):
         plan = report.verdict.plan
         if plan.seeds is not None:
-            print(f"to settle the rest: {settle_command(report.verdict, plan.seeds)}")
+            took = duration_text(plan.new_runs * plan.seconds_per_run)
+            print(f"to settle the rest ({plan.new_runs} more runs at most"
+                  + (f", about {took} of training" if took else "")
+                  + f"): {settle_command(report.verdict, plan.seeds)}")
     return code
 
 
