@@ -23,9 +23,9 @@ import pandas as pd
 
 from harness.report.effects import CALLS, HELPS, HURTS, NEGLIGIBLE, UNDETERMINED
 from harness.report.render import (
-    CALL_MEANING,
     _missing_text,
     _still_running,
+    call_meaning,
     grow_command,
     guidance,
     verdict_sentence,
@@ -278,7 +278,7 @@ def options_section(verdict: Verdict) -> str:
     legend = " ".join(f'<span class="call {CALL_CLASSES[call]}">{_text(call)}</span>'
                       for call in (HELPS, HURTS, NEGLIGIBLE, UNDETERMINED))
     return (f"<h2>Options</h2><p>{legend}</p>{_table(header, rows, 'options')}"
-            f'<p class="note">{_inline_markdown(CALL_MEANING)}</p>')
+            f'<p class="note">{_inline_markdown(call_meaning(verdict.alpha))}</p>')
 
 
 def figures_section(figures: Mapping[str, bytes]) -> str:

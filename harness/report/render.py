@@ -23,6 +23,11 @@ def _percent(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{100 * value:.0f}%"
 
 
+def _level(value: float) -> str:
+    # A confidence level or error rate to the digit it has: 95%, 97.5%, 2.5%.
+    return f"{100 * value:.4g}%"
+
+
 def _number(value: float, digits: int = 1) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
 
@@ -104,8 +109,8 @@ def calls_line(verdict: Verdict) -> str:
     """Return how sure the calls are: the family, its level and the margin."""
     tested = int(np.isfinite(verdict.effects["ci_low"].to_numpy(float)).sum())
     return (f"Intervals are family-wise: all {tested} hold together at "
-            f"{_percent(1 - verdict.alpha)} (Bonferroni), so any wrong call has at most a "
-            f"{_percent(verdict.alpha)} chance; negligible means inside ±{verdict.margin:g} "
+            f"{_level(1 - verdict.alpha)} (Bonferroni), so any wrong call has at most a "
+            f"{_level(verdict.alpha)} chance; negligible means inside ±{verdict.margin:g} "
             f"points (margin={verdict.margin:g}).")
 
 
@@ -222,8 +227,9 @@ def _verdict_rows(verdict: Verdict) -> list[list[str]]:
     ]
 
 
-_VERDICT_HEADER = ["rank", "trick", "option", "call", "effect", "95% FW CI", "p adj.",
-                   "cum. gain", "measured", "cum. share", "P(in set)"]
+def _verdict_header(alpha: float) -> list[str]:
+    return ["rank", "trick", "option", "call", "effect", f"{_level(1 - alpha)} FW CI", "p adj.",
+            "cum. gain", "measured", "cum. share", "P(in set)"]
 
 
 def format_verdict(verdict: Verdict) -> str:
@@ -247,8 +253,9 @@ def format_verdict(verdict: Verdict) -> str:
             f"({_toggle_text(list(verdict.best_config.items()))}).")
         body = _verdict_rows(verdict)
         if body:
-            widths = [max(len(cell) for cell in column) for column in zip(_VERDICT_HEADER, *body)]
-            for cells in [_VERDICT_HEADER, *body]:
+            header = _verdict_header(verdict.alpha)
+            widths = [max(len(cell) for cell in column) for column in zip(header, *body)]
+            for cells in [header, *body]:
                 text = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths))
                 lines.append(text.rstrip())
     lines += [f"{'Design:' if i == 0 else '       '} {line}"
@@ -282,13 +289,15 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-CALL_MEANING = (
-    f"`{HELPS}` / `{HURTS}`: the option's family-wise interval excludes 0. `{NEGLIGIBLE}`: the "
-    f"whole interval lies inside ±margin, so the option does not matter here. "
-    f"`{UNDETERMINED}`: neither; this study cannot tell, and more seeds can settle it. The "
-    f"intervals of all options hold together at 95% (Bonferroni), so the chance that any call "
-    f"of the study is wrong is at most 5%."
-)
+def call_meaning(alpha: float) -> str:
+    """Return what the four calls mean, at the family-wise level ``1 - alpha`` of the study."""
+    return (
+        f"`{HELPS}` / `{HURTS}`: the option's family-wise interval excludes 0. `{NEGLIGIBLE}`: "
+        f"the whole interval lies inside ±margin, so the option does not matter here. "
+        f"`{UNDETERMINED}`: neither; this study cannot tell, and more seeds can settle it. The "
+        f"intervals of all options hold together at {_level(1 - alpha)} (Bonferroni), so the "
+        f"chance that any call of the study is wrong is at most {_level(alpha)}."
+    )
 
 
 def verdict_markdown(verdict: Verdict, configs: pd.DataFrame) -> str:
@@ -323,7 +332,7 @@ def verdict_markdown(verdict: Verdict, configs: pd.DataFrame) -> str:
         "# Ablation report",
         f"**{verdict_sentence(verdict)}**",
         "\n".join(facts),
-        CALL_MEANING,
+        call_meaning(verdict.alpha),
         "## Calls, the 80% set and its stability (accuracy points)",
         markdown_table(verdict.table),
         "## Main effects (paired over seeds and the other tricks)",
