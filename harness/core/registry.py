@@ -27,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}  # name -> the module that registered it
         Registry.instances.append(self)
 
     def register(self, name: str, *, module: str | None = None) -> Callable[[T], T]:
@@ -44,6 +45,7 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = obj
+            self._origins[name] = caller
             if caller != "__main__":
                 Registry._modules[caller] = None
             return obj
@@ -54,6 +56,10 @@ class Registry(Generic[T]):
     def modules(cls) -> list[str]:
         """Return the modules that registered entries in this process, in the order they did."""
         return list(cls._modules)
+
+    def origin(self, name: str) -> str:
+        """Return the module that registered ``name``."""
+        return self._origins[name]
 
     def get(self, name: str) -> T:
         """Return the entry called ``name``; raise a UserError naming the choices if absent."""

@@ -231,7 +231,10 @@ def _rank_main(rank: int, part_modules: list[str], recipe: Recipe, data: Prepare
     # A spawned process starts bare: importing the modules that registered parts and hooks in
     # the caller (the tricks, among others) registers them here too.
     for module in part_modules:
-        importlib.import_module(module)
+        # A module this process cannot import (a notebook's, say) leaves its parts out; a recipe
+        # that needs one of them then fails with the registry's one line.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(rank)
