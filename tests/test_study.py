@@ -166,8 +166,10 @@ def test_optuna_search_prunes_and_reports(learnable_folder, tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill_finishes_every_config_once(learnable_folder, tmp_path):
     # Four configs, each slow enough (several epochs) to be killed in the middle of one.
+    # At the smoke budget's lr of 0.1 the deep stem with SGD diverges on some CPUs (AMD EPYC,
+    # 2026-12-07); this test counts every config FINISHED, so it trains at a fifth of it.
     args = ["study=tricks", *store_args(learnable_folder, tmp_path), "depth=resnet18",
-            "init=default", "trainer.epochs=30", "trainer.batch_size=8"]
+            "init=default", "trainer.epochs=30", "trainer.batch_size=8", "optimizer.lr=0.02"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
