@@ -53,14 +53,24 @@ def harness(args: list[str], cwd: Path = REPO) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def trained_to_its_end(run) -> bool:  # noqa: ANN001 - an MLflow Run
+    """Whether a trial run ended with its result: FINISHED, or diverged (a result too).
+
+    Which configs diverge at the smoke budget depends on the CPU's kernels; the tests that use
+    this check that every trial ran exactly once, not that every config is stable.
+    """
+    return run.info.status == "FINISHED" or (
+        run.info.status == "FAILED" and run.data.tags.get("harness.failure") == "diverged")
+
+
 def assert_exactly_once(tracking_uri: str) -> None:
-    """Assert 16 FINISHED trial runs, one per config, none RUNNING, under one parent run."""
+    """Assert 16 trial runs trained to their end, one per config, none RUNNING, one parent."""
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("tricks-smoke")
     runs = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'trial'")
     parents = client.search_runs([experiment.experiment_id], "tags.`harness.role` = 'parent'")
     assert len(parents) == 1
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    finished = [r for r in runs if trained_to_its_end(r)]
     configs = {tuple(json.loads(r.data.tags["harness.toggles"])[t] for t in TOGGLES)
                for r in finished}
     assert len(finished) == 16 and len(configs) == 16

@@ -12,7 +12,7 @@ stage                when, and what it may change
 ``wrap_loss``        once: the loss function ``(logits, targets) -> loss``
 ``before_update``    before every optimizer step, the gradients complete (e.g. clip them)
 ``after_update``     right after every optimizer step, before the others' ``after_step``, with
-                     the number of steps taken so far (e.g. lookahead's sync of the weights)
+                     the number of steps taken so far (e.g. to pull the weights toward a copy)
 ``after_step``       after every optimizer step, with the number of steps taken so far
 ``evaluation_model`` before every evaluation: which module is evaluated (e.g. averaged weights);
                      the module returned at the end of training is the run's model
