@@ -145,7 +145,7 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain nested dicts and lists, fit for JSON, YAML and ``torch.load``."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def flat(self) -> dict[str, Any]:
         """Return ``{"model.width": 64, ...}``: one entry per leaf, for MLflow params."""
@@ -229,11 +229,12 @@ def validate(recipe: Recipe) -> None:
         raise UserError("data.std values must be positive")
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+def plain(value: Any) -> Any:
+    """Return ``value`` as plain JSON-able data: mappings as dicts, sequences as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

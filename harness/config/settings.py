@@ -25,7 +25,7 @@ from harness.core.checks import (
 )
 from harness.core.errors import UserError, abbreviated, unknown_choice
 from harness.core.faults import RETRY_WINDOW
-from harness.recipe import SECTIONS, Recipe
+from harness.recipe import SECTIONS, Recipe, plain
 from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
 from harness.study.launchers import LAUNCHERS, Launch, launcher_settings
 from harness.study.plan import Plan, experiment_name, grown_seeds
@@ -157,7 +157,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
         if override.is_delete() or override.is_add() or override.is_force_add():
             raise UserError(f"'{arg}': only plain key=value overrides are supported")
         key = override.key_or_group
-        value = _plain(override.value())
+        value = plain(override.value())
         check_integer_size(key, value)
         if "${" in str(value):
             # OmegaConf would resolve it later, reading the environment or failing with a
@@ -166,14 +166,6 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
                             f"command line; give the value itself")
         values[key] = value
     return values
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def recipe_keys() -> list[str]:
