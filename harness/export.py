@@ -6,7 +6,10 @@ Keys:
     out: The output folder; default ``exports/<study>-<budget>/``.
     tracking_uri: The MLflow store; default ``sqlite:///mlruns/mlflow.db``.
     parent: The study's parent run id, when the experiment holds several; default: the newest.
-    margin: Points inside which an effect is ``negligible``; default 1.0.
+    metric: The logged metric the effects, calls and verdict are on: ``test_acc`` (default),
+        ``test_loss``, ``test_top5`` or any other of :data:`harness.training.metrics.METRICS`.
+    margin: The band, in the metric's unit, inside which an effect is ``negligible``; default
+        the metric's own (1.0 point of accuracy, 0.05 nats of loss).
 
 Writes configs.csv, effects.csv, interactions.csv, verdict.md and two figures (see
 :mod:`harness.report`), prints the verdict and the paths. A mistake in the arguments or a
@@ -23,6 +26,7 @@ from pathlib import Path
 from harness.config.arguments import guarded, key_values
 from harness.config.settings import DEFAULT_TRACKING_URI, resolve_budget
 from harness.core.errors import UserError, abbreviated
+from harness.report.tables import DEFAULT_METRIC, metric_def
 
 DEFAULTS = {
     "study": None,
@@ -30,10 +34,11 @@ DEFAULTS = {
     "out": None,
     "tracking_uri": DEFAULT_TRACKING_URI,
     "parent": None,
-    "margin": "1.0",
+    "metric": DEFAULT_METRIC,
+    "margin": None,
 }
-"""Argument key → default; None means computed (``out``), required (``study``) or newest
-(``parent``)."""
+"""Argument key → default; None means computed (``out``), required (``study``), newest
+(``parent``) or the metric's own (``margin``)."""
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -71,13 +76,15 @@ def readable_tracking_uri(tracking_uri: str) -> str:
     return check_tracking_uri(tracking_uri)
 
 
-def _margin(text: str) -> float:
+def _margin(text: str | None) -> float | None:
+    if text is None:
+        return None
     try:
         margin = float(text)
     except ValueError:
         margin = math.nan
     if not 0 < margin < 1e9:
-        raise UserError(f"margin must be a positive number of accuracy points, got "
+        raise UserError(f"margin must be a positive number in the metric's unit, got "
                         f"{abbreviated(text)!r}")
     return margin
 
@@ -93,6 +100,7 @@ def export(argv: list[str]) -> str:
     """
     args = parse_args(argv)
     budget = resolve_budget(args["budget"])
+    margin, metric = _margin(args["margin"]), metric_def(args["metric"]).logged_as
     from harness.config.preflight import check_export
 
     check_export(args["tracking_uri"], args["out"])
@@ -104,7 +112,7 @@ def export(argv: list[str]) -> str:
 
     out_dir = Path(args["out"] or Path("exports") / f"{args['study']}-{budget}")
     report = build_report(tracking_uri, args["study"], budget, out_dir, args["parent"],
-                          margin=_margin(args["margin"]))
+                          margin=margin, metric=metric)
     meta = report.meta
     others = meta["n_parents"] - 1
     also = f"; {others} other parent run(s) there, choose with parent=RUN_ID" if others else ""

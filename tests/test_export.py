@@ -210,6 +210,24 @@ def test_export_prints_the_verdict_and_paths(store, exported):
     assert str(exported["out"] / "effects.csv") in text
 
 
+def test_export_calls_effects_on_another_metric(store, exported, tmp_path, capsys):
+    # The store's loss is 1.5 - accuracy / 100: each option's gain on the loss (how much it
+    # lowers it) is its effect on accuracy over 100 where no pair holds the diverged run (whose
+    # accuracy alone was set to 10%): Adam's pairs are with SGD, never with LAMB.
+    argv = ["study=tricks", "budget=cpu", f"out={tmp_path}", f"tracking_uri={store['uri']}",
+            "metric=test_loss"]
+    assert export.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Effects are on test_loss" in text and "nats" in text
+    on_loss = pd.read_csv(tmp_path / "effects.csv").set_index(["trick", "option"])
+    on_acc = pd.read_csv(exported["out"] / "effects.csv").set_index(["trick", "option"])
+    adam = ("optimizer", "adam")
+    assert on_loss.loc[adam, "effect_mean"] == pytest.approx(
+        on_acc.loc[adam, "effect_mean"] / 100, abs=1e-9)
+    assert on_loss.loc[("stem", "deep"), "effect_mean"] > 0  # it lowers the loss
+    assert (on_loss["margin"] == 0.05).all()  # the loss's own margin, in nats
+
+
 def test_an_older_parent_is_chosen_by_id(store):
     runs, meta = report.load_runs(store["uri"], "tricks", "cpu", store["older_parent_id"])
     assert meta["factors"] == {"stem": ["none", "deep"]} and meta["defaults"] == {"stem": "none"}
@@ -257,6 +275,7 @@ def test_missing_store_is_one_line_and_creates_nothing(tmp_path, capsys):
         (["study=tricks", "cpu"], "is not key=value"),
         (["budget=cpu"], "missing study=NAME"),
         (["study=a", "study=b"], "given twice"),
+        (["study=tricks", "metric=test_lose"], "unknown metric 'test_lose' (did you mean"),
     ],
 )
 def test_bad_arguments_are_one_line(argv, message, capsys):

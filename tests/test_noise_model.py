@@ -40,12 +40,12 @@ from harness.report.noise import (
 
 
 def grid_cells(k: int, seeds: int, value) -> pd.DataFrame:
-    """Return a 2^k grid's cells: columns t0.., seed and test_acc = value(levels, seed)."""
+    """Return a 2^k grid's cells: columns t0.., seed and score = value(levels, seed)."""
     rows = []
     for levels in itertools.product((0, 1), repeat=k):
         for seed in range(seeds):
             row = {f"t{i}": ("on" if level else "off") for i, level in enumerate(levels)}
-            rows.append({**row, "seed": seed, "test_acc": value(np.array(levels), seed)})
+            rows.append({**row, "seed": seed, "score": value(np.array(levels), seed)})
     return pd.DataFrame(rows)
 
 
@@ -120,8 +120,8 @@ def test_paired_runs_take_the_spread_of_the_differences():
         4 * int(levels @ [4, 2, 1]) + seed])
     layout = Layout.of(cells, factors(3))
     found = estimate(layout, 0, 1, 0)
-    on = cells[cells["t0"] == "on"].sort_values(["t1", "t2", "seed"])["test_acc"].to_numpy()
-    off = cells[cells["t0"] == "off"].sort_values(["t1", "t2", "seed"])["test_acc"].to_numpy()
+    on = cells[cells["t0"] == "on"].sort_values(["t1", "t2", "seed"])["score"].to_numpy()
+    off = cells[cells["t0"] == "off"].sort_values(["t1", "t2", "seed"])["score"].to_numpy()
     difference = on - off
     assert found.effect == pytest.approx(difference.mean())
     # 16 pieces, 2 interaction columns: 13 df left is 13/15 of them, so they are removed.
@@ -188,7 +188,7 @@ def test_the_design_model_estimates_a_half_fraction():
         last = (np.prod(2 * np.array(levels) - 1) + 1) // 2
         full = np.array([*levels, last])
         rows.append({**{f"t{i}": ("on" if v else "off") for i, v in enumerate(full)},
-                     "seed": 0, "test_acc": 60 + truth @ full + 4.0 * full[0] * full[1]
+                     "seed": 0, "score": 60 + truth @ full + 4.0 * full[0] * full[1]
                      + rng.normal(0, 0.3)})
     layout = Layout.of(pd.DataFrame(rows), factors(6))
     for trick in range(6):

@@ -30,6 +30,7 @@ import pandas as pd
 from harness.report import stats
 from harness.report.examples import (
     BOUND,
+    NOT_MEASURED,
     PER_EXAMPLE,
     ExampleResults,
     TestSetNoise,
@@ -37,7 +38,7 @@ from harness.report.examples import (
     pair_bound,
 )
 from harness.report.noise import Layout, RunNoise, estimate
-from harness.report.tables import Factors, cells
+from harness.report.tables import DEFAULT_METRIC, SCORE, Factors, cells, metric_def
 
 HELPS, HURTS, NEGLIGIBLE, UNDETERMINED = "helps", "hurts", "negligible", "undetermined"
 CALLS = (HELPS, HURTS, NEGLIGIBLE, UNDETERMINED)
@@ -139,9 +140,10 @@ def call_of(low: float, high: float, margin: float = stats.MARGIN) -> str:
     return UNDETERMINED
 
 
-def study_cells(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
+def study_cells(runs: pd.DataFrame, factors: Factors,
+                metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     """Return :func:`harness.report.tables.cells` with an integer ``config`` code per cell."""
-    table = cells(runs, factors)
+    table = cells(runs, factors, metric)
     table["config"] = table.groupby(list(factors), sort=False, dropna=False).ngroup() \
         if factors else 0
     return table
@@ -149,7 +151,7 @@ def study_cells(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
 
 def option_tests(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str],
                  examples: ExampleResults | None = None,
-                 images: float = math.nan) -> list[OptionTest]:
+                 images: float = math.nan, metric: str = DEFAULT_METRIC) -> list[OptionTest]:
     """Estimate every non-default option's effect and both parts of its noise, in study order.
 
     Args:
@@ -159,14 +161,21 @@ def option_tests(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
         examples: The runs' per-example results; None (or runs without them) falls back to the
             bound of :mod:`harness.report.examples`.
         images: Test-set size for runs that did not log ``test_images``.
+        metric: The logged metric the effects are on; an effect is its gain (a fall, for a
+            metric where lower is better). The per-example results are of test accuracy; a
+            metric that counts a share of the examples gets the bound, and any other (a loss)
+            is tested on the training seeds' noise alone, for this test set.
     """
-    table = study_cells(runs, factors)
+    table = study_cells(runs, factors, metric)
+    scored = metric_def(metric)
+    if metric != DEFAULT_METRIC:
+        examples = None
     # The default first, so that option 0 of every trick in the layout is its neutral one.
     ordered = {t: [defaults[t], *[o for o in options if o != defaults[t]]]
                for t, options in factors.items()}
     layout = Layout.of(table, ordered)
     noise = TestSetNoise(list(table["run_ids"]), table["config"].to_numpy(), examples)
-    config_acc = table.groupby("config")["test_acc"].mean()
+    config_acc = table.groupby("config")[SCORE].mean()
     found = []
     for column, (trick, options) in enumerate(factors.items()):
         default = defaults[trick]
@@ -176,7 +185,8 @@ def option_tests(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
             runs_part = estimate(layout, column, ordered[trick].index(option), 0)
             if runs_part is None:
                 continue
-            se_test, source = _test_share(runs_part, table, noise, config_acc, images)
+            se_test, source = ((0.0, NOT_MEASURED) if not scored.share_of_examples
+                               else _test_share(runs_part, table, noise, config_acc, images))
             used_on = [a for a, _ in runs_part.pairs] or np.flatnonzero(runs_part.weights > 0)
             used_off = [b for _, b in runs_part.pairs] or np.flatnonzero(runs_part.weights < 0)
             found.append(OptionTest(
@@ -217,6 +227,7 @@ def main_effects(
     tests: list[OptionTest] | None = None,
     alpha: float = stats.ALPHA,
     margin: float = stats.MARGIN,
+    metric: str = DEFAULT_METRIC,
 ) -> pd.DataFrame:
     """Estimate, test and call each non-default option's effect on test accuracy.
 
@@ -229,11 +240,13 @@ def main_effects(
         tests: From :func:`option_tests`, when the caller has them already.
         alpha: The family-wise error rate of the calls.
         margin: Points inside which an effect does not matter (the ``negligible`` call).
+        metric: The logged metric the effects are on (see :func:`option_tests`).
 
     Returns:
         One row per (trick, non-default option) in study order with :data:`EFFECT_COLUMNS`.
     """
-    tests = option_tests(runs, factors, defaults, examples, images) if tests is None else tests
+    if tests is None:
+        tests = option_tests(runs, factors, defaults, examples, images, metric)
     return effects_table(tests, alpha, margin)
 
 
@@ -275,12 +288,13 @@ def effects_table(tests: Sequence[OptionTest], alpha: float = stats.ALPHA,
 
 
 def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, str],
-                 from_model: bool = False) -> pd.DataFrame:
+                 from_model: bool = False, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     """Estimate two-way interactions: how much trick A's effect changes when B is on.
 
     For tricks A, B and non-default options a, b, a quadruple is the four results
     y(a,b), y(a,0), y(0,b), y(0,0) sharing every other toggle and the seed; its interaction is
-    y(a,b) - y(a,0) - y(0,b) + y(0,0) (0 is the default). Zero means the effects add up.
+    y(a,b) - y(a,0) - y(0,b) + y(0,0) (0 is the default). Zero means the effects add up. The
+    results y are ``metric``'s gains, as the main effects' are (see :func:`option_tests`).
 
     Returns:
         One row per (A, a, B, b) with :data:`INTERACTION_COLUMNS`, A before B in study order;
@@ -289,7 +303,7 @@ def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
         ``from_model`` (a fraction that keeps two-way interactions clear of each other), those
         without quadruples get the model's estimate (:func:`_modelled_interactions`).
     """
-    table = cells(runs, factors)
+    table = cells(runs, factors, metric)
     modelled = _modelled_interactions(table, factors, defaults) if from_model else {}
     rows = []
     for trick_a, trick_b in itertools.combinations(factors, 2):
@@ -301,7 +315,7 @@ def interactions(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
                 for a, b in ((option_a, option_b), (option_a, default_b), (default_a, option_b),
                              (default_a, default_b)):
                     mask = (table[trick_a] == a) & (table[trick_b] == b)
-                    corners.append(table[mask].set_index(keys)["test_acc"])
+                    corners.append(table[mask].set_index(keys)[SCORE])
                 quads = pd.concat(corners, axis=1, join="inner").dropna()
                 contrast = quads.iloc[:, 0] - quads.iloc[:, 1] - quads.iloc[:, 2] + quads.iloc[:, 3]
                 found = stats.mean_ci95(contrast.to_numpy())
@@ -326,11 +340,11 @@ def _modelled_interactions(table: pd.DataFrame, factors: Factors,
     Returns:
         (trick_a, option_a, trick_b, option_b) → (mean, ci95_low, ci95_high, configs used).
     """
-    measured = table.dropna(subset=["test_acc"])
+    measured = table.dropna(subset=[SCORE])
     if measured.empty:
         return {}
-    means = measured.groupby(list(factors), observed=True)["test_acc"].mean().reset_index()
-    y = means["test_acc"].to_numpy(dtype=float)
+    means = measured.groupby(list(factors), observed=True)[SCORE].mean().reset_index()
+    y = means[SCORE].to_numpy(dtype=float)
     mains = [(trick, option, (means[trick] == option).to_numpy(float))
              for trick in factors for option in factors[trick] if option != defaults[trick]]
     columns = [np.ones(len(y))] + [x - x.mean() for _, _, x in mains]

@@ -24,6 +24,7 @@ import numpy as np
 
 PER_EXAMPLE = "per-example results"
 BOUND = "bound (no per-example results)"
+NOT_MEASURED = "not included (a metric that is not a share of the examples)"
 """How the test set's share was found, as ``ci_source`` says it."""
 
 

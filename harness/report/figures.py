@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, UNDETERMINED  # noqa: E402
-from harness.report.tables import CONFIG_STAT_COLUMNS  # noqa: E402
+from harness.report.tables import CONFIG_STAT_COLUMNS, metric_def  # noqa: E402
 from harness.report.verdict import Verdict  # noqa: E402
 
 DPI = 120  # dots per inch: sharp enough in the MLflow UI, small files (~50 kB)
@@ -63,7 +63,10 @@ def pareto_chart(verdict: Verdict, path: str | Path) -> Path:
             axis.set_yticks(positions, labels, fontsize=8)
             axis.invert_yaxis()  # rank 1 on top
             tested = int(np.isfinite(table["ci_low"].to_numpy(float)).sum())
-            axis.set_xlabel(f"effect on test accuracy (points); intervals hold jointly at "
+            scored = metric_def(verdict.metric)
+            axis.set_xlabel(f"effect on {scored.label} ({scored.unit}"
+                            + ("" if scored.higher_is_better else ", a fall")
+                            + "); intervals hold jointly at "
                             f"{100 * (1 - verdict.alpha):.0f}% (Bonferroni over {tested})")
             shares = table["cumulative_share"].to_numpy(float)
             helping = np.isfinite(shares)

@@ -28,6 +28,8 @@ from harness.report.render import (
     call_meaning,
     grow_command,
     guidance,
+    measured_text,
+    unit_of,
     verdict_sentence,
 )
 from harness.report.tables import class_names
@@ -221,12 +223,13 @@ def verdict_section(verdict: Verdict, defaults: Mapping[str, str]) -> str:
     facts = []
     if verdict.n_results and verdict.n_configs > 1:
         facts.append(f"Baseline (all defaults: {_toggles(defaults.items())}): "
-                     f"{_number(verdict.baseline_acc, 1) or 'no result'}% test accuracy in "
+                     f"{measured_text(verdict, verdict.baseline_acc)} in "
                      f"{_number(verdict.baseline_seconds, 1) or 'n/a'} s training.")
         facts.append(f"Best config ({_toggles(verdict.best_config.items())}): "
-                     f"{_number(verdict.best_acc, 1)}% in {_number(verdict.best_seconds, 1)} s.")
+                     f"{measured_text(verdict, verdict.best_acc)} in "
+                     f"{_number(verdict.best_seconds, 1)} s.")
     seeds = ", ".join(str(seed) for seed in verdict.seeds) or "none"
-    facts.append(f"Seeds: {seeds}; margin ±{verdict.margin:g} points.")
+    facts.append(f"Seeds: {seeds}; margin ±{verdict.margin:g} {unit_of(verdict)}.")
     facts += [f"Design: {line}" for line in verdict.design_lines]
     facts += guidance(verdict)
     if verdict.missing and verdict.n_results:
@@ -250,7 +253,8 @@ def options_section(verdict: Verdict) -> str:
     if verdict.table.empty:
         return '<h2>Options</h2><p class="note">No option effect to show.</p>'
     extra = verdict.effects.set_index(["trick", "option"])
-    header = ["rank", "trick", "option", "call", "effect (points)", "95% family-wise interval",
+    header = ["rank", "trick", "option", "call", f"effect ({unit_of(verdict)})",
+              "95% family-wise interval",
               "margin", "p adj.", "cum. gain", "cum. share", "P(in 80% set)", "Δ train s"]
     rows = []
     for row in verdict.table.itertuples(index=False):

@@ -6,10 +6,12 @@ of the harness (without ``test_images`` or ``torch_seed``) still load: what they
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +246,7 @@ def load_examples(tracking_uri: str, runs: pd.DataFrame) -> ExampleResults | Non
     client = mlflow.MlflowClient(tracking_uri)
     correct: dict[str, np.ndarray] = {}
     digests: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="harness-examples-") as folder:
+    with tempfile.TemporaryDirectory(prefix="harness-examples-") as folder, _quiet_downloads():
         for run_id, digest in zip(logged["run_id"], logged["test_digest"]):
             try:
                 path = client.download_artifacts(run_id, Artifact.TEST_PREDICTIONS,
@@ -255,6 +257,21 @@ def load_examples(tracking_uri: str, runs: pd.DataFrame) -> ExampleResults | Non
                 continue
             digests[run_id] = str(digest)
     return ExampleResults(correct, digests) if correct else None
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """Switch off MLflow's progress bar per download: one per run would flood the printout."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 # What a grow or settle command sets itself.

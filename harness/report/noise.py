@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.report.tables import SCORE
+
 PAIRED = "paired runs"
 PAIRED_LESS_INTERACTIONS = "paired runs less their two-way interactions"
 DESIGN_MODEL = "design model, higher-order terms as error"
@@ -101,7 +103,7 @@ class Layout:
 
     @classmethod
     def of(cls, cells: pd.DataFrame, factors: Mapping[str, Sequence[str]]) -> Layout:
-        """Return the layout of a cells table (tricks' columns, ``seed``, ``test_acc``)."""
+        """Return the layout of a cells table (tricks' columns, ``seed``, ``score``)."""
         tricks = tuple(factors)
         options = tuple(tuple(str(o) for o in factors[t]) for t in tricks)
         levels = np.full((len(cells), len(tricks)), -1, dtype=np.int64)
@@ -109,7 +111,7 @@ class Layout:
             index = {name: i for i, name in enumerate(names)}
             levels[:, column] = [index.get(str(v), -1) for v in cells[trick]]
         seeds = pd.factorize(cells["seed"])[0].astype(np.int64)
-        return cls(tricks, options, levels, seeds, cells["test_acc"].to_numpy(float))
+        return cls(tricks, options, levels, seeds, cells[SCORE].to_numpy(float))
 
     def key(self, columns: Sequence[int], with_seed: bool = True) -> np.ndarray:
         """Return one integer per cell that is equal exactly when those columns (and seed) are."""

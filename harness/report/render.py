@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, UNDETERMINED
+from harness.report.tables import DEFAULT_METRIC, metric_def
 from harness.report.verdict import MAX_SEEDS as MAX_PLANNED
 from harness.report.verdict import Verdict
 
@@ -30,6 +31,32 @@ def _level(value: float) -> str:
 
 def _number(value: float, digits: int = 1) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def unit_of(verdict: Verdict) -> str:
+    """Return the unit of the verdict's metric: ``points`` for accuracies."""
+    return metric_def(verdict.metric).unit
+
+
+def measured_text(verdict: Verdict, value: float) -> str:
+    """Return a config's value of the verdict's metric: ``73.1% test accuracy``."""
+    scored = metric_def(verdict.metric)
+    if scored.unit == "points":
+        return f"{_number(value)}% {scored.label}"
+    return f"{_number(value, 3)} {scored.unit} {scored.label}"
+
+
+def metric_line(verdict: Verdict) -> list[str]:
+    """Return, for a metric other than test accuracy, what its effects and gains mean."""
+    if verdict.metric == DEFAULT_METRIC:
+        return []
+    scored = metric_def(verdict.metric)
+    way = ("higher is better" if scored.higher_is_better
+           else "lower is better, so an effect or gain is how much an option lowers it")
+    noise = ("" if scored.share_of_examples else
+             "; the intervals cover the training seeds' noise, for this test set only (the test "
+             "set's own sampling noise is measured for test accuracy alone)")
+    return [f"Effects are on {verdict.metric} ({scored.label}, {scored.unit}): {way}{noise}."]
 
 
 def _toggle_text(pairs: Sequence[tuple[str, str]]) -> str:
@@ -96,10 +123,11 @@ def verdict_sentence(verdict: Verdict) -> str:
     count = len(verdict.chosen)
     noun, verb = ("option", "gives") if count == 1 else ("options", "give")
     measured = ("" if not np.isfinite(verdict.chosen_measured_gain)
-                else f"; measured together: {verdict.chosen_measured_gain:+.1f} points")
+                else f"; measured together: {verdict.chosen_measured_gain:+.1f} {unit_of(verdict)}")
     return (
         f"{count} {noun} ({_toggle_text(verdict.chosen)}) {verb} "
-        f"{_percent(verdict.chosen_share)} of the {verdict.total_gain:+.1f}-point gain of all "
+        f"{_percent(verdict.chosen_share)} of the {verdict.total_gain:+.1f}-"
+        f"{unit_of(verdict).removesuffix('s')} gain of all "
         f"options that help (summed main effects{measured}), at "
         f"{_percent(verdict.cost_share)} of their training time{rest}.{baseline}"
     )
@@ -111,14 +139,14 @@ def calls_line(verdict: Verdict) -> str:
     return (f"Intervals are family-wise: all {tested} hold together at "
             f"{_level(1 - verdict.alpha)} (Bonferroni), so any wrong call has at most a "
             f"{_level(verdict.alpha)} chance; negligible means inside ±{verdict.margin:g} "
-            f"points (margin={verdict.margin:g}).")
+            f"{unit_of(verdict)} (margin={verdict.margin:g}).")
 
 
 def guidance(verdict: Verdict) -> list[str]:
     """Return what the numbers cannot say yet: undetermined options and how to settle them."""
     if verdict.n_configs < 2 or verdict.searched:
         return []
-    lines = [calls_line(verdict)]
+    lines = [*metric_line(verdict), calls_line(verdict)]
     if len(verdict.seeds) == 1:
         lines.append("One seed: the run-to-run noise is measured by the partner configs, with "
                      "each trick's two-way interactions taken out where the design allows; "
@@ -133,7 +161,7 @@ def guidance(verdict: Verdict) -> list[str]:
                              for row in undetermined[measured].itertuples(index=False))
         lines.append(f"Undetermined means the interval includes 0 and reaches past "
                      f"±{verdict.margin:g}; this study would call (80% of the time) effects of "
-                     f"at least: {smallest} points.")
+                     f"at least: {smallest} {unit_of(verdict)}.")
     plan = verdict.plan
     if plan.no_interval:
         lines.append(f"No interval exists yet for {_toggle_text(plan.no_interval)}: with one "
@@ -144,10 +172,14 @@ def guidance(verdict: Verdict) -> list[str]:
                      f"number of seeds (its share of the paired difference is too large for "
                      f"the effect and the margin); a larger test set would settle it.")
     if plan.bounded:
-        lines.append(f"{_toggle_text(plan.bounded)}: this store's runs have no per-example "
-                     f"results, so the test set's share is bounded, not measured, and the bound "
-                     f"alone is too large for the effect and the margin at any number of seeds; "
-                     f"runs logged by this version measure it.")
+        why, cure = ((f"per-example results are kept for test accuracy only, so the test set's "
+                      f"share of {verdict.metric}", "")
+                     if verdict.metric != DEFAULT_METRIC else
+                     ("this store's runs have no per-example results, so the test set's share",
+                      "; runs logged by this version measure it"))
+        lines.append(f"{_toggle_text(plan.bounded)}: {why} is bounded, not measured, and the "
+                     f"bound alone is too large for the effect and the margin at any number of "
+                     f"seeds{cure}.")
     settle = [key for key in plan.unsettled
               if key not in plan.beyond + plan.bounded + plan.too_many]
     if settle and plan.seeds is not None:
@@ -247,8 +279,9 @@ def format_verdict(verdict: Verdict) -> str:
     lines = []
     if verdict.n_results and not verdict.searched and verdict.n_configs > 1:
         lines.append(
-            f"Baseline (all defaults): {_number(verdict.baseline_acc)}% test accuracy in "
-            f"{_number(verdict.baseline_seconds)} s; best config: {_number(verdict.best_acc)}% in "
+            f"Baseline (all defaults): {measured_text(verdict, verdict.baseline_acc)} in "
+            f"{_number(verdict.baseline_seconds)} s; best config: "
+            f"{measured_text(verdict, verdict.best_acc)} in "
             f"{_number(verdict.best_seconds)} s "
             f"({_toggle_text(list(verdict.best_config.items()))}).")
         body = _verdict_rows(verdict)
@@ -312,13 +345,13 @@ def verdict_markdown(verdict: Verdict, configs: pd.DataFrame) -> str:
     """
     config_view = configs.drop(columns=["run_ids"], errors="ignore")
     facts = [
-        f"- Baseline (all defaults): {_number(verdict.baseline_acc)}% test accuracy, "
+        f"- Baseline (all defaults): {measured_text(verdict, verdict.baseline_acc)}, "
         f"{_number(verdict.baseline_seconds)} s training",
-        f"- Best config: {_number(verdict.best_acc)}% "
+        f"- Best config: {measured_text(verdict, verdict.best_acc)} "
         f"({_toggle_text(list(verdict.best_config.items()))}), "
         f"{_number(verdict.best_seconds)} s training",
         f"- Seeds: {', '.join(str(s) for s in verdict.seeds) or 'none'}; margin "
-        f"±{verdict.margin:g} points",
+        f"±{verdict.margin:g} {unit_of(verdict)}",
     ]
     facts += [f"- Design: {line}" for line in verdict.design_lines]
     facts += [f"- {line}" for line in guidance(verdict)]
@@ -333,7 +366,9 @@ def verdict_markdown(verdict: Verdict, configs: pd.DataFrame) -> str:
         f"**{verdict_sentence(verdict)}**",
         "\n".join(facts),
         call_meaning(verdict.alpha),
-        "## Calls, the 80% set and its stability (accuracy points)",
+        "## Calls, the 80% set and its stability ("
+        + ("accuracy points" if verdict.metric == DEFAULT_METRIC
+           else f"{verdict.metric}, {unit_of(verdict)}") + ")",
         markdown_table(verdict.table),
         "## Main effects (paired over seeds and the other tricks)",
         markdown_table(verdict.effects),

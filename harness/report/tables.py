@@ -7,6 +7,7 @@ A ``runs`` table has one row per trial (child) run and these columns:
   ``seed`` (the replicate seed, int),
 - one column per trick, named by the trick, holding the option as a string,
 - ``test_acc``, ``val_acc``, ``test_loss``, ``test_acc_<class>`` (accuracies in percent, 0-100),
+  and ``test_<name>`` for every other metric of :data:`harness.training.metrics.METRICS`,
   ``train_seconds``, ``epochs_completed``, ``test_images`` (NaN when not logged), ``device``.
 
 Which runs count as results: finished runs, and diverged runs, because divergence is what the
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harness.tracking.schema import Metric
+from harness.training.metrics import METRICS, MetricDef, by_logged_name
 
 Factors = Mapping[str, Sequence[str]]
 """Trick name → its options in study order; the first option is the neutral default."""
@@ -50,9 +52,17 @@ CONFIG_COST_COLUMNS = (
     "n_excluded",
     "run_ids",
 )
-"""configs.csv is: the trick columns in study order, then CONFIG_STAT_COLUMNS, then one
+"""configs.csv is: the trick columns in study order, then CONFIG_STAT_COLUMNS, then
+``test_<name>_mean`` for every other registered metric (``test_top5_mean``, ...), then one
 ``test_acc_<class>_mean`` per class in the order the runs table lists them, then
 CONFIG_COST_COLUMNS. See :func:`config_columns`."""
+
+SCORE = "score"
+"""The :func:`cells` column the effects are computed on: the chosen metric, signed so that
+higher is better (a loss is negated), so that one analysis serves every metric."""
+
+DEFAULT_METRIC = Metric.TEST_ACC
+"""The metric the report calls effects on unless told otherwise (``metric=`` on export)."""
 
 
 def option_text(value: object) -> str:
@@ -111,25 +121,44 @@ def result_runs(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     return results
 
 
-def cells(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
+def cells(runs: pd.DataFrame, factors: Factors, metric: str = DEFAULT_METRIC) -> pd.DataFrame:
     """Average the results per (toggles, seed): a rerun of the same trial is one observation.
 
+    Args:
+        runs: One row per trial run.
+        factors: Trick → options in study order.
+        metric: The logged metric to score cells on (see :func:`metric_def`). Results without a
+            value of a metric other than test accuracy (a diverged run's loss) are left out.
+
     Returns:
-        Columns: the tricks, ``seed``, ``test_acc``, ``train_seconds``, ``test_images``, and
-        ``run_ids`` (a tuple of the runs averaged into the cell).
+        Columns: the tricks, ``seed``, :data:`SCORE` (the metric, signed so that higher is
+        better), ``train_seconds``, ``test_images``, and ``run_ids`` (a tuple of the runs
+        averaged into the cell).
     """
     results = result_runs(runs, factors)
+    chosen = metric_def(metric)
+    if metric != Metric.TEST_ACC:
+        results = results[column(results, metric).astype(float).notna().to_numpy()]
     keys = [*factors, "seed"]
     frame = results[keys].assign(
-        test_acc=column(results, Metric.TEST_ACC).astype(float),
+        **{SCORE: chosen.sign * column(results, metric).astype(float)},
         train_seconds=column(results, Metric.TRAIN_SECONDS).astype(float),
         test_images=column(results, Metric.TEST_IMAGES).astype(float),
         run_ids=column(results, "run_id").astype(object),
     )
     grouped = frame.groupby(keys, dropna=False, sort=False)
-    table = grouped[["test_acc", "train_seconds", "test_images"]].mean()
+    table = grouped[[SCORE, "train_seconds", "test_images"]].mean()
     table["run_ids"] = grouped["run_ids"].agg(tuple)
     return table.reset_index()
+
+
+def metric_def(metric: str) -> MetricDef:
+    """Return the registered metric logged as ``metric`` (``test_loss``).
+
+    Raises:
+        UserError: No registered metric is logged under that name; the message lists them.
+    """
+    return by_logged_name(metric)
 
 
 def grid_order(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
@@ -148,10 +177,18 @@ def grid_order(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:
     return ordered.drop(columns=list(ranks)).reset_index(drop=True)
 
 
+def other_metrics() -> list[str]:
+    """Return the logged names of the registered metrics configs.csv adds to its fixed ones."""
+    fixed = {Metric.TEST_ACC, Metric.TEST_LOSS}
+    return [METRICS.get(name).logged_as for name in METRICS
+            if METRICS.get(name).logged_as not in fixed]
+
+
 def config_columns(factors: Factors, classes: Sequence[str]) -> list[str]:
     """Return the column list of configs.csv for these tricks and class names."""
     per_class = [f"{Metric.PER_CLASS_PREFIX}{name}_mean" for name in classes]
-    return [*factors, *CONFIG_STAT_COLUMNS, *per_class, *CONFIG_COST_COLUMNS]
+    metrics = [f"{name}_mean" for name in other_metrics()]
+    return [*factors, *CONFIG_STAT_COLUMNS, *metrics, *per_class, *CONFIG_COST_COLUMNS]
 
 
 def _join(values: pd.Series) -> str:
@@ -184,6 +221,7 @@ def config_table(runs: pd.DataFrame, factors: Factors) -> pd.DataFrame:
         "test_acc_mean": Metric.TEST_ACC,
         "val_acc_mean": Metric.VAL_ACC,
         "test_loss_mean": Metric.TEST_LOSS,
+        **{f"{name}_mean": name for name in other_metrics()},
         **{f"{Metric.PER_CLASS_PREFIX}{name}_mean": f"{Metric.PER_CLASS_PREFIX}{name}"
            for name in classes},
         "train_seconds_mean": Metric.TRAIN_SECONDS,

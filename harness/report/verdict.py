@@ -27,10 +27,12 @@ from harness.report.effects import (
 )
 from harness.report.examples import PER_EXAMPLE, ExampleResults
 from harness.report.tables import (
+    DEFAULT_METRIC,
     Factors,
     config_table,
     is_result,
     is_running,
+    metric_def,
     missing_configs,
     result_runs,
 )
@@ -93,7 +95,8 @@ class SettlePlan:
 class Verdict:
     """Which options give most of the gain over the baseline, how sure that is, at what cost.
 
-    Accuracies and gains are in percent points of test accuracy; times in training seconds.
+    Values and gains are in ``metric``'s unit (percent points of test accuracy by default), a
+    gain being a change for the better (a fall, for a loss); times are in training seconds.
     ``chosen`` is the smallest top-ranked set of helping (trick, option) reaching ``share`` of
     ``total_gain``, the summed main effects of all helping options (0 when nothing helps);
     ``chosen_measured_gain`` is the chosen config's measured gain over the baseline (NaN when
@@ -127,6 +130,7 @@ class Verdict:
     alpha: float = stats.ALPHA
     best_trial: dict[str, Any] | None = None
     command: list[str] = field(default_factory=list)  # overrides that rerun the study (no seeds)
+    metric: str = DEFAULT_METRIC  # the logged metric of the effects, gains, baseline and best
 
 
 def _config_row(configs: pd.DataFrame, toggles: Mapping[str, str]) -> pd.Series | None:
@@ -269,6 +273,7 @@ def pareto_verdict(
     examples: ExampleResults | None = None,
     alpha: float = stats.ALPHA,
     margin: float = stats.MARGIN,
+    metric: str = DEFAULT_METRIC,
 ) -> Verdict:
     """Call every option, then find the fewest helping ones that give ``share`` of their gain.
 
@@ -290,24 +295,27 @@ def pareto_verdict(
         draws: Simulated reruns for ``p_in_set`` (0 skips it).
         examples: The runs' per-example results (None: the bound for the test set's share).
         alpha: The family-wise error rate of the calls.
-        margin: Points inside which an effect does not matter (``negligible``).
+        margin: The band (in the metric's unit) inside which an effect does not matter.
+        metric: The logged metric the effects, gains, baseline and best config are on; a gain
+            is a fall of a metric where lower is better.
 
     Returns:
         The verdict.
     """
     configs = config_table(runs, factors)
-    tests = option_tests(runs, factors, defaults, examples, images)
+    tests = option_tests(runs, factors, defaults, examples, images, metric)
     effects = effects_table(tests, alpha, margin)
+    mean, sign = f"{metric}_mean", metric_def(metric).sign
     baseline_toggles = {trick: defaults[trick] for trick in factors}
     baseline = _config_row(configs, baseline_toggles)
-    baseline_acc = math.nan if baseline is None else float(baseline["test_acc_mean"])
+    baseline_acc = math.nan if baseline is None else float(baseline[mean])
     baseline_seconds = math.nan if baseline is None else float(baseline["train_seconds_mean"])
-    measured = configs.dropna(subset=["test_acc_mean"])
+    measured = configs.dropna(subset=[mean])
     if measured.empty:
         best_acc, best_seconds, best_config = math.nan, math.nan, {}
     else:
-        best = measured.loc[measured["test_acc_mean"].idxmax()]
-        best_acc, best_seconds = float(best["test_acc_mean"]), float(best["train_seconds_mean"])
+        best = measured.loc[(sign * measured[mean]).idxmax()]
+        best_acc, best_seconds = float(best[mean]), float(best["train_seconds_mean"])
         best_config = {trick: str(best[trick]) for trick in factors}
 
     helping = _best_per_trick(effects) if not searched else effects.iloc[0:0]
@@ -319,10 +327,10 @@ def pareto_verdict(
         summed_effect += effect.effect_mean
         summed_seconds += effect.cost_delta_seconds
         row = _config_row(configs, toggles)
-        if row is None or not np.isfinite(row["test_acc_mean"]):
+        if row is None or not np.isfinite(row[mean]):
             measured_gain, seconds = math.nan, baseline_seconds + summed_seconds
         else:
-            measured_gain = float(row["test_acc_mean"]) - baseline_acc
+            measured_gain = sign * (float(row[mean]) - baseline_acc)
             seconds = float(row["train_seconds_mean"])
         rows.append((effect.trick, effect.option, summed_effect, measured_gain, seconds))
     total_gain = rows[-1][2] if rows else 0.0
@@ -383,6 +391,7 @@ def pareto_verdict(
         plan=plan,
         margin=margin,
         alpha=alpha,
+        metric=metric,
         best_trial=_best_trial(runs, factors) if searched else None,
     )
 

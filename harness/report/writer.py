@@ -21,7 +21,7 @@ from harness.report.figures import cost_accuracy_chart, pareto_chart
 from harness.report.html import PROVENANCE_TAGS, report_html
 from harness.report.load import load_examples, load_runs, optuna_importances, study_command
 from harness.report.render import format_verdict, verdict_markdown
-from harness.report.tables import config_table
+from harness.report.tables import DEFAULT_METRIC, config_table, metric_def
 from harness.report.verdict import Verdict, pareto_verdict
 from harness.study.designs import Design, from_record
 
@@ -109,9 +109,10 @@ def write_report(
     out_dir: str | Path,
     draws: int | None = None,
     examples: ExampleResults | None = None,
-    margin: float = stats.MARGIN,
+    margin: float | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
     alpha: float | None = None,
+    metric: str = DEFAULT_METRIC,
 ) -> Report:
     """Compute every table of the report once, then write the files into ``out_dir``.
 
@@ -131,11 +132,14 @@ def write_report(
         draws: Simulated reruns of the stability column; default
             :data:`harness.report.verdict.STABILITY_DRAWS`.
         examples: The runs' per-example results (None: the test set's share is bounded).
-        margin: Points inside which an effect is ``negligible``.
+        margin: The band, in the metric's unit, inside which an effect is ``negligible``;
+            None: the metric's own (1 point of accuracy).
         tags: Provenance tags the parent and trial runs recorded (tag → distinct values, see
             :func:`recorded_tags`), for report.html; None: only what ``meta`` and ``runs`` hold.
         alpha: The family-wise error rate of the calls; None: ``meta``'s ``alpha`` (a look of
             ``seeds=auto`` records its own), else 0.05.
+        metric: The logged metric the effects, calls and verdict are on (``test_loss``); see
+            :data:`harness.training.metrics.METRICS`.
 
     Returns:
         The report; its ``paths`` map report names (keys of :data:`REPORT_FILES`) to files.
@@ -148,13 +152,16 @@ def write_report(
     extra = {} if draws is None else {"draws": draws}
     if alpha is None:
         alpha = meta.get("alpha") or stats.ALPHA
+    if margin is None:
+        margin = metric_def(metric).margin
     verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"),
                              searched=searched, images=meta.get("test_images", math.nan),
-                             examples=examples, alpha=alpha, margin=margin, **extra)
+                             examples=examples, alpha=alpha, margin=margin, metric=metric,
+                             **extra)
     verdict.design_lines = _design_lines(design, factors)
     if "study" in meta and "budget" in meta:  # the seed advice prints a command to run
         verdict.command = study_command(meta)
-    pair_effects = (interactions(runs, factors, defaults, design.models_interactions)
+    pair_effects = (interactions(runs, factors, defaults, design.models_interactions, metric)
                     if not searched and len(factors) >= 2
                     else pd.DataFrame(columns=list(INTERACTION_COLUMNS)))
     markdown = verdict_markdown(verdict, configs)
@@ -220,8 +227,9 @@ def build_report(
     out_dir: str | Path,
     parent_run_id: str | None = None,
     log_to_mlflow: bool = False,
-    margin: float = stats.MARGIN,
+    margin: float | None = None,
     alpha: float | None = None,
+    metric: str = DEFAULT_METRIC,
 ) -> Report:
     """Load a study from MLflow, write its report, optionally log it to the parent run.
 
@@ -235,8 +243,9 @@ def build_report(
         parent_run_id: The study's parent run; default: the newest.
         log_to_mlflow: Also log the files under ``report/`` of the parent run, and the calls'
             counts and the margin on it.
-        margin: Points inside which an effect is ``negligible``.
+        margin: The band inside which an effect is ``negligible``; None: the metric's own.
         alpha: The calls' family-wise error rate; None: the one the parent run records, else 0.05.
+        metric: The logged metric the report is on (see :func:`write_report`).
 
     Returns:
         The report.
@@ -244,11 +253,14 @@ def build_report(
     Raises:
         UserError: From :func:`harness.report.load_runs` (no such study, no trial runs, ...).
     """
+    scored = metric_def(metric)  # an unknown metric fails before the store is read
     runs, meta = load_runs(tracking_uri, study, budget, parent_run_id=parent_run_id)
-    examples = load_examples(tracking_uri, runs)
+    # The per-example results are of test accuracy; no other metric reads them.
+    examples = (load_examples(tracking_uri, runs) if scored.logged_as == DEFAULT_METRIC
+                else None)
     tags = recorded_tags(tracking_uri, meta, runs)
     report = write_report(runs, meta, out_dir, examples=examples, margin=margin, tags=tags,
-                          alpha=alpha)
+                          alpha=alpha, metric=scored.logged_as)
     if log_to_mlflow:
         log_report_to_mlflow(report.paths, meta["parent_run_id"], tracking_uri)
         log_calls_to_mlflow(report.verdict, meta["parent_run_id"], tracking_uri)

@@ -65,7 +65,11 @@ class Tag:
 
 
 class Metric:
-    """Final metrics of one trial run (accuracies in percent, 0-100)."""
+    """Final metrics of one trial run (accuracies in percent, 0-100).
+
+    Besides these, a trial logs ``test_<name>`` for every metric of
+    :data:`harness.training.metrics.METRICS` (``test_top5``, and any a trick registers).
+    """
 
     TEST_ACC = "test_acc"
     TEST_LOSS = "test_loss"

@@ -16,6 +16,7 @@ from harness.tracking.store import Tracker, temporary_dir
 from harness.tracking.trial_figures import confusion_figure, per_class_figure, predictions_figure
 from harness.training.evaluate import Evaluation
 from harness.training.loop import TrainResult
+from harness.training.metrics import METRICS
 
 PREVIEW_IMAGES = 32  # test images shown with their predictions, like the seed's show_image
 
@@ -33,8 +34,9 @@ def preview_indices(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def final_metrics(result: TrainResult, test: Evaluation) -> dict[str, float]:
-    """Return the run's summary metrics: test scores, per-class accuracy and cost."""
+    """Return the run's summary metrics: every registered test metric, per-class accuracy, cost."""
     metrics = {
+        **{METRICS.get(name).logged_as: value for name, value in test.metrics.items()},
         Metric.TEST_ACC: test.accuracy,
         Metric.TEST_LOSS: test.loss,
         Metric.TEST_IMAGES: float(test.count),

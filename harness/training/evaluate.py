@@ -1,13 +1,18 @@
-"""Accuracy, per-class accuracy, confusion matrix and loss, batched on the model's device."""
+"""Every registered metric, per-class accuracy and the confusion matrix, batched on the device.
+
+The metrics are :data:`harness.training.metrics.METRICS` (accuracy, loss, top-5 and any a trick
+adds).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from harness.training.metrics import compute_all
 
 # How a batch of images becomes logits at evaluation: (model, images) -> logits. Evaluation hooks
 # (harness.training.hooks) replace the plain forward, e.g. to average the logits of several views.
@@ -29,6 +34,7 @@ class Evaluation:
     confusion: torch.Tensor  # [true, predicted] counts, int64, on the CPU
     count: int
     predicted: torch.Tensor | None = None  # the class of each image, in order, int64 on the CPU
+    metrics: dict[str, float] = field(default_factory=dict)  # every registered metric, by name
 
     def format(self, title: str = "test") -> str:
         """Return the seed's printout: overall accuracy, then one line per class."""
@@ -70,8 +76,9 @@ def score(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) ->
     num_classes = len(classes)
     if len(labels) == 0:
         empty = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        return Evaluation(float("nan"), float("nan"), {c: float("nan") for c in classes}, empty, 0)
-    loss = F.cross_entropy(logits, labels).item()
+        return Evaluation(float("nan"), float("nan"), {c: float("nan") for c in classes}, empty, 0,
+                          metrics=compute_all(logits, labels))
+    metrics = compute_all(logits, labels)
     predicted = logits.argmax(dim=1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
     confusion = confusion.reshape(num_classes, num_classes).cpu()
@@ -79,9 +86,8 @@ def score(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) ->
     totals = confusion.sum(dim=1).double()
     per_class = (100.0 * correct / totals.clamp(min=1)).tolist()
     per_class = [acc if total > 0 else float("nan") for acc, total in zip(per_class, totals)]
-    accuracy = 100.0 * correct.sum().item() / len(labels)
-    return Evaluation(accuracy, loss, dict(zip(classes, per_class)), confusion, len(labels),
-                      predicted.cpu())
+    return Evaluation(metrics["acc"], metrics["loss"], dict(zip(classes, per_class)), confusion,
+                      len(labels), predicted.cpu(), metrics)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
