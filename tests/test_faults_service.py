@@ -219,7 +219,14 @@ class Output:
             time.sleep(0.2)
 
     def finish(self, timeout: float = 600) -> str:
-        self.process.wait(timeout=timeout)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A hung study: show where it stopped (its last lines) rather than only the command.
+            self.process.kill()
+            self._thread.join(timeout=10)
+            raise AssertionError(f"still running after {timeout} s; its output:\n"
+                                 f"{self.text[-20000:]}") from None
         self._thread.join(timeout=10)
         return self.text
 

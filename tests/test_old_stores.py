@@ -89,7 +89,7 @@ def test_the_margin_is_a_report_setting(exported, tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, f"out={tmp_path / 'bad'}", "margin=abc"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert error == ["error: margin must be a positive number of accuracy points, got 'abc'"]
+    assert error == ["error: margin must be a positive number in the metric's unit, got 'abc'"]
 
 
 RELATIVE_ROOT_STORE = DATA / "old-store-relative-root.tar.gz"
