@@ -1,6 +1,7 @@
 """Export a study's report from MLflow: ``python -m harness.export study=tricks [key=value ...]``.
 
-Keys:
+Keys, in ``harness.run``'s grammar (Hydra's; quote a path with spaces or non-ASCII characters,
+e.g. ``out="/tmp/my report"``) and checked as it checks them:
     study: The study's name (required); the experiment is ``<study>-<budget>``.
     budget: ``auto`` (default) is ``full`` on a CUDA machine and ``cpu`` elsewhere.
     out: The output folder; default ``exports/<study>-<budget>/``.
@@ -19,46 +20,43 @@ missing study or store ends with one ``error:`` line on stderr and exit code 2.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
 
-from harness.config.arguments import guarded, key_values
-from harness.config.settings import DEFAULT_TRACKING_URI, resolve_budget
-from harness.core.errors import UserError, abbreviated
-from harness.report.tables import DEFAULT_METRIC, metric_def
-
-DEFAULTS = {
-    "study": None,
-    "budget": "auto",
-    "out": None,
-    "tracking_uri": DEFAULT_TRACKING_URI,
-    "parent": None,
-    "metric": DEFAULT_METRIC,
-    "margin": None,
-}
-"""Argument key → default; None means computed (``out``), required (``study``), newest
-(``parent``) or the metric's own (``margin``)."""
+from harness.config.arguments import guarded, parse_arguments
+from harness.config.settings import (
+    EXPORT,
+    Settings,
+    command_settings,
+    parse_settings,
+    resolve_budget,
+)
+from harness.core.errors import UserError, unknown_choice
 
 SQLITE_PREFIX = "sqlite:///"
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """Parse ``key=value`` arguments against :data:`DEFAULTS`.
+def parse_args(argv: list[str]) -> Settings:
+    """Parse ``key=value`` arguments into the export's :class:`~harness.config.settings.Settings`.
+
+    The grammar is ``harness.run``'s (:func:`~harness.config.arguments.parse_arguments`), and
+    each value is checked where ``harness.run`` checks it.
 
     Args:
         argv: The arguments, without the program name.
 
-    Returns:
-        Every key of :data:`DEFAULTS` with its value (``out`` may still be None).
-
     Raises:
-        UserError: An argument without ``=``, an unknown or repeated key, or no study.
+        UserError: An argument without ``=``, an unknown or repeated key, a value out of range,
+            or no study.
     """
-    values = key_values(argv, DEFAULTS, empty_allowed=True)
-    if not values["study"]:
+    arguments = parse_arguments(argv)
+    keys = command_settings(EXPORT)
+    for key in arguments:
+        if key not in keys:
+            raise unknown_choice("argument", key, keys)
+    if "study" not in arguments or not arguments["study"].text:
         raise UserError("missing study=NAME, e.g. python -m harness.export study=tricks")
-    return values  # type: ignore[return-value]
+    return parse_settings(arguments)
 
 
 def readable_tracking_uri(tracking_uri: str) -> str:
@@ -76,19 +74,6 @@ def readable_tracking_uri(tracking_uri: str) -> str:
     return check_tracking_uri(tracking_uri)
 
 
-def _margin(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        margin = float(text)
-    except ValueError:
-        margin = math.nan
-    if not 0 < margin < 1e9:
-        raise UserError(f"margin must be a positive number in the metric's unit, got "
-                        f"{abbreviated(text)!r}")
-    return margin
-
-
 def export(argv: list[str]) -> str:
     """Load the study, write its report and return the text to print.
 
@@ -98,21 +83,20 @@ def export(argv: list[str]) -> str:
     Returns:
         The verdict followed by the written paths.
     """
-    args = parse_args(argv)
-    budget = resolve_budget(args["budget"])
-    margin, metric = _margin(args["margin"]), metric_def(args["metric"]).logged_as
+    settings = parse_args(argv)
+    budget = resolve_budget(settings.budget)
     from harness.config.preflight import check_export
 
-    check_export(args["tracking_uri"], args["out"])
-    tracking_uri = readable_tracking_uri(args["tracking_uri"])
+    check_export(settings.tracking_uri, settings.out)
+    tracking_uri = readable_tracking_uri(settings.tracking_uri)
     for noisy in ("alembic", "mlflow.store.db.utils"):  # schema chatter at INFO on every open
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from harness.report import build_report
 
-    out_dir = Path(args["out"] or Path("exports") / f"{args['study']}-{budget}")
-    report = build_report(tracking_uri, args["study"], budget, out_dir, args["parent"],
-                          margin=margin, metric=metric)
+    out_dir = Path(settings.out or Path("exports") / f"{settings.study}-{budget}")
+    report = build_report(tracking_uri, settings.study, budget, out_dir, settings.parent,
+                          margin=settings.margin, metric=settings.metric)
     meta = report.meta
     others = meta["n_parents"] - 1
     also = f"; {others} other parent run(s) there, choose with parent=RUN_ID" if others else ""

@@ -47,7 +47,7 @@ def headline(cfg: RunConfig, requested_budget: str) -> str:
     """Return the first line a run prints: study, budget, trial count and device."""
     budget = f"{cfg.budget} (auto)" if requested_budget == "auto" else cfg.budget
     count = cfg.study.design.headline(cfg.configs, cfg.seeds, cfg.n_trials, cfg.factors)
-    device = device_name(resolve_device(cfg.device))
+    device = device_name(resolve_device(cfg.settings.device))
     return f"study {cfg.study.name} · budget {budget} · {count} · device {device}"
 
 
@@ -124,7 +124,7 @@ def run(argv: Sequence[str]) -> int:
     if ranks.torchrun_rank():
         # A rank other than 0 under torchrun: it trains what rank 0 announces and says nothing.
         if "--dry-run" not in flags:
-            devices.follow(cfg.device)
+            devices.follow(cfg.settings.device)
         return 0
     requested = next((o.split("=", 1)[1] for o in overrides if o.startswith("budget=")), "auto")
     print(headline(cfg, requested), flush=True)

@@ -1,6 +1,7 @@
 import pytest
 
-from harness.config.settings import build_config, help_text, parse_overrides
+from harness.config.arguments import parse_overrides
+from harness.config.settings import build_config, help_text
 from harness.core.errors import UserError
 from harness.run import describe_plan, main
 from harness.study import list_studies, parse_study
@@ -106,3 +107,57 @@ def test_help_lists_groups_and_keys():
     for needle in ("study=NAME", "budget=NAME", "tricks", "trainer.batch_size", "seeds=",
                    "storage=", "tracking_uri="):
         assert needle in text
+
+
+def _refusal(parse, args: list[str]) -> str:
+    with pytest.raises(UserError) as info:
+        parse(args)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("arg", ["margin=abc", "margin=0", "out=/tmp/dätä", "budget=huge",
+                                 "tracking_uri=${oc.env:HOME}"])
+def test_run_and_export_refuse_a_shared_setting_with_the_same_line(arg):
+    from harness.export import parse_args as export_args
+
+    run_line = _refusal(build_config, ["study=tricks", arg])
+    assert run_line == _refusal(export_args, ["study=tricks", arg])
+    assert "\n" not in run_line
+
+
+def test_run_and_export_read_a_shared_setting_the_same_way():
+    from harness.export import parse_args as export_args
+
+    args = ["study=tricks", "budget=smoke", "margin=2", "out=1e5",
+            'tracking_uri="sqlite:///a b.db"']
+    exported, ran = export_args(args), build_config(args).settings
+    for key in ("study", "budget", "margin", "out", "tracking_uri"):
+        assert getattr(exported, key) == getattr(ran, key), key
+    assert (ran.margin, ran.out, ran.tracking_uri) == (2.0, "1e5", "sqlite:///a b.db")
+    # A run id that the grammar would read as a number keeps its text.
+    assert export_args(["study=tricks", "parent=1e5"]).parent == "1e5"
+    for parse in (build_config, export_args):
+        assert "given twice" in _refusal(parse, ["study=tricks", "budget=cpu", "budget=smoke"])
+
+
+def test_the_settings_tables_are_the_typed_settings_fields():
+    import dataclasses
+
+    from harness.config.settings import EXPORT, RUN, SETTINGS, Settings, command_settings
+
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    run_keys = [name for name, f in fields.items() if RUN in f.metadata["commands"]]
+    assert list(SETTINGS)[:len(run_keys)] == run_keys
+    assert all(key.startswith("slurm.") for key in list(SETTINGS)[len(run_keys):])
+    assert {key: default for key, (default, _) in SETTINGS.items() if key in fields} == {
+        key: fields[key].default for key in run_keys}
+    assert set(command_settings(EXPORT)) == {"study", "budget", "out", "tracking_uri", "margin",
+                                             "parent", "metric"}
+    assert "parent" not in SETTINGS  # export's own keys are refused by run
+    assert "unknown key 'parent'" in _refusal(build_config, ["parent=abc"])
+
+
+def test_seeds_plus_n_is_left_for_after_parsing():
+    cfg = build_config(["study=tricks", "budget=smoke", "seeds=+3"])
+    assert cfg.more_seeds == 3  # the store is read by with_more_seeds, not by parsing
+    assert cfg.seeds == tuple(cfg.study.seeds_for("smoke"))

@@ -42,7 +42,7 @@ from harness.training.schedules import SCHEDULES
 
 def check_run(cfg: RunConfig) -> None:
     """Raise a UserError for the first thing in ``cfg`` that could not work on this machine."""
-    check_device(cfg.device)
+    check_device(cfg.settings.device)
     check_search(cfg)
     # The base recipe too: a value every config's tricks replace is still a typo to report.
     recipes = (cfg.recipe, *trial_recipes(cfg))
@@ -51,9 +51,9 @@ def check_run(cfg: RunConfig) -> None:
     check_trial_devices(cfg, recipes)
     check_workers(cfg)
     check_data_root(cfg.recipe.data.root)
-    check_stores(cfg.tracking_uri, cfg.storage, cfg.study.name)
-    if cfg.out is not None:
-        check_writable_folder("out", cfg.out)
+    check_stores(cfg.settings.tracking_uri, cfg.settings.storage, cfg.study.name)
+    if cfg.settings.out is not None:
+        check_writable_folder("out", cfg.settings.out)
 
 
 def check_search(cfg: RunConfig) -> None:
@@ -143,10 +143,10 @@ def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
                 raise UserError(f"trainer.devices={devices} but torchrun started {started} "
                                 f"ranks; leave it out or make it {started}")
             # torchrun placed the ranks, maybe on several machines: no GPUs to count here.
-            check_device_fit(cfg.device, started, sync_bn=sync_bn, cuda_count=started)
+            check_device_fit(cfg.settings.device, started, sync_bn=sync_bn, cuda_count=started)
         else:
-            launch.starter.check_trials_fit(cfg.device, DeviceNeed(devices, sync_bn), launch,
-                                            cuda_count)
+            launch.starter.check_trials_fit(cfg.settings.device, DeviceNeed(devices, sync_bn),
+                                            launch, cuda_count)
 
 
 def check_workers(cfg: RunConfig, cores: int | None = None, gpus: int | None = None) -> None:

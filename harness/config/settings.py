@@ -8,29 +8,25 @@ a typo fails at once with one line naming the valid keys.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from harness.core.checks import (
-    check_integer_size,
-    check_tracking,
-    positive_int,
-    too_large,
-)
+from harness.config.arguments import Argument, parse_arguments
+from harness.core.checks import check_tracking, positive_int, positive_number
 from harness.core.errors import UserError, abbreviated, unknown_choice
 from harness.core.faults import RETRY_WINDOW
-from harness.recipe import SECTIONS, Recipe, plain
+from harness.recipe import SECTIONS, Recipe
+from harness.report.tables import DEFAULT_METRIC
 from harness.study.designs.adaptive import AUTO, DEFAULT_MAX_SEEDS, Rounds
 from harness.study.launchers import LAUNCHERS, Launch, launcher_settings
 from harness.study.plan import Plan, experiment_name, grown_seeds
 from harness.study.spec import StudySpec, list_studies, load_study
 from harness.study.storage import check_storage
+from harness.training.metrics import by_logged_name
 from harness.tricks import TRICKS, load_tricks
 
 BUDGETS = ("auto", "smoke", "cpu", "full")
@@ -41,51 +37,157 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_SEED = 2**31 - 1
 MAX_AUTO_SEEDS = 20  # seeds=auto: more replicates than this is not a study of tricks
 
-# Settings of the harness itself (not of a training run), with their defaults and help.
-SETTINGS: dict[str, tuple[Any, str]] = {
-    "study": (DEFAULT_STUDY, "study file in studies/ to run"),
-    "budget": ("auto", "smoke | cpu | full | auto (full on CUDA, cpu otherwise)"),
-    "seeds": (None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's. "
-              "seeds=+N adds N new seeds to those with finished runs (a grown study trains "
-              "only the new trials); seeds=auto adds one seed per round until every option "
-              "is settled (see max_seeds, max_minutes)"),
-    "max_seeds": (None, f"seeds=auto: seeds per config at the last round; default "
-                  f"{DEFAULT_MAX_SEEDS}"),
-    "max_minutes": (None, "seeds=auto: start no round that would end past this many minutes "
-                    "of the command's wall time"),
-    "seed_offset": (0, "seeds=auto: added to every seed, for a second replicate stream of the "
-                    "same study"),
-    "rerun": (False, "train every trial again, even those with a finished run; the new runs "
-              "replace the old ones in reports (nothing is deleted)"),
-    "design": (None, "grid | listed | fractional | search; default: the study's"),
-    "resolution": (None, "design=fractional: 4 (main effects clear of two-way interactions) "
-                   "or 5 (two-way interactions clear of each other); default 5"),
-    "n_trials": (None, "trials of a search; default: the study's"),
-    "storage": (None, "Optuna storage: a journal file path or an RDB URL; default: "
-                "optuna/<study>.journal beside the MLflow SQLite store"),
-    "tracking_uri": (DEFAULT_TRACKING_URI, "MLflow tracking URI (sqlite:///PATH or http://HOST)"),
-    "device": ("auto", "auto | cpu | cuda | cuda:N | mps"),
-    "progress": (True, "show progress bars"),
-    "out": (None, "folder for the exported report; default: exports/<study>-<budget>"),
-    "margin": (1.0, "points: an option whose whole family-wise interval lies inside +-margin "
-               "is called negligible"),
-    "stale_after": (900.0, "seconds without a heartbeat after which another host's RUNNING "
-                    "trial counts as dead"),
-    "retry_window": (RETRY_WINDOW, "seconds a worker retries an unreachable tracking server or "
-                     "database before it stops; the same command then resumes"),
-    "workers": (1, "worker processes of this study: a number, or auto (one per visible GPU)"),
-    "trials_per_gpu": (1, "workers packed onto each GPU (small models leave a big GPU idle)"),
-    "launcher": ("local", f"where workers run: {' | '.join(LAUNCHERS)} (a Slurm job array via "
-                 f"submitit)"),
-    # The launchers' own settings (slurm.*), each declared by its launcher.
-    **launcher_settings(),
-}
+RUN, EXPORT = "run", "export"  # the commands a setting belongs to
+
+
+def setting(default: Any, help: str, commands: tuple[str, ...] = (RUN,)) -> Any:
+    """Declare one field of :class:`Settings`: its default, its help, the commands that read it."""
+    return field(default=default, metadata={"help": help, "commands": commands})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The harness's own settings (not a training run's), typed and checked once, here.
+
+    ``harness.run`` and ``harness.export`` both parse their command lines into it
+    (:func:`parse_settings`); each field says which of the two reads it. A value's range is
+    checked on construction; what depends on the study (its seeds) in :func:`build_config`, and
+    what depends on this machine (devices, paths, drivers) in :mod:`harness.config.preflight`.
+    """
+
+    study: str = setting(DEFAULT_STUDY, "study file in studies/ to run", (RUN, EXPORT))
+    budget: str = setting("auto", "smoke | cpu | full | auto (full on CUDA, cpu otherwise)",
+                          (RUN, EXPORT))
+    seeds: int | list[int] | str | None = setting(
+        None, "seeds to repeat every config with, e.g. [0,1,2]; default: the study's. "
+        "seeds=+N adds N new seeds to those with finished runs (a grown study trains only the "
+        "new trials); seeds=auto adds one seed per round until every option is settled (see "
+        "max_seeds, max_minutes)")
+    max_seeds: int | None = setting(None, f"seeds=auto: seeds per config at the last round; "
+                                          f"default {DEFAULT_MAX_SEEDS}")
+    max_minutes: float | None = setting(None, "seeds=auto: start no round that would end past "
+                                              "this many minutes of the command's wall time")
+    seed_offset: int = setting(0, "seeds=auto: added to every seed, for a second replicate "
+                                  "stream of the same study")
+    rerun: bool = setting(False, "train every trial again, even those with a finished run; the "
+                                 "new runs replace the old ones in reports (nothing is deleted)")
+    design: str | None = setting(None, "grid | listed | fractional | search; default: the "
+                                       "study's")
+    resolution: int | None = setting(None, "design=fractional: 4 (main effects clear of two-way "
+                                           "interactions) or 5 (two-way interactions clear of "
+                                           "each other); default 5")
+    n_trials: int | None = setting(None, "trials of a search; default: the study's")
+    storage: str | None = setting(None, "Optuna storage: a journal file path or an RDB URL; "
+                                        "default: optuna/<study>.journal beside the MLflow "
+                                        "SQLite store")
+    tracking_uri: str = setting(DEFAULT_TRACKING_URI, "MLflow tracking URI (sqlite:///PATH or "
+                                                      "http://HOST)", (RUN, EXPORT))
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps")
+    progress: bool = setting(True, "show progress bars")
+    out: str | None = setting(None, "folder for the exported report; default: "
+                                    "exports/<study>-<budget>", (RUN, EXPORT))
+    parent: str | None = setting(None, "the study's parent run id, when the experiment holds "
+                                       "several; default: the newest", (EXPORT,))
+    metric: str = setting(DEFAULT_METRIC, "the logged metric the effects, calls and verdict are "
+                                          "on, e.g. test_loss", (EXPORT,))
+    margin: float | None = setting(None, "an option whose whole family-wise interval lies inside "
+                                         "+-margin (in the metric's unit) is called negligible; "
+                                         "default: the metric's own, 1 point of accuracy",
+                                   (RUN, EXPORT))
+    stale_after: float = setting(900.0, "seconds without a heartbeat after which another host's "
+                                        "RUNNING trial counts as dead")
+    retry_window: float = setting(RETRY_WINDOW, "seconds a worker retries an unreachable "
+                                                "tracking server or database before it stops; "
+                                                "the same command then resumes")
+    workers: int | str = setting(1, "worker processes of this study: a number, or auto (one "
+                                    "per visible GPU)")
+    trials_per_gpu: int = setting(1, "workers packed onto each GPU (small models leave a big "
+                                     "GPU idle)")
+    launcher: str = setting("local", f"where workers run: {' | '.join(LAUNCHERS)} (a Slurm job "
+                                     f"array via submitit)")
+    # The launchers' own settings (slurm.*), each declared and checked by its launcher.
+    launcher_options: Mapping[str, Any] = field(default_factory=dict, metadata={"commands": ()})
+
+    def __post_init__(self) -> None:
+        for flag in ("progress", "rerun"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UserError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.budget not in BUDGETS:
+            raise unknown_choice("budget", self.budget, BUDGETS)
+        n_trials = self.n_trials
+        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int)
+                                     or n_trials <= 0):
+            raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
+        offset = self.seed_offset
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_SEED:
+            raise UserError(f"seed_offset must be an integer from 0 to {MAX_SEED}, got "
+                            f"{offset!r}")
+        numbers = {"stale_after": ("of seconds", False), "retry_window": ("of seconds", False),
+                   "max_minutes": ("of minutes", True),
+                   "margin": ("in the metric's unit", True)}
+        for key, (unit, none_ok) in numbers.items():
+            value = getattr(self, key)
+            if not (none_ok and value is None):
+                object.__setattr__(self, key, positive_number(key, value, unit))
+        if self.workers != "auto":
+            positive_int("workers", self.workers)
+        positive_int("trials_per_gpu", self.trials_per_gpu)
+        if self.launcher not in LAUNCHERS:
+            raise unknown_choice("launcher", self.launcher, LAUNCHERS)
+        by_logged_name(self.metric)
+
+    def launch(self) -> Launch:
+        """Build the workers' Launch; the chosen launcher checks its own settings."""
+        values = {**launcher_defaults(), **self.launcher_options}
+        options = {name: LAUNCHERS.get(name).parse(values) for name in LAUNCHERS}
+        launch = Launch(workers=self.workers, trials_per_gpu=self.trials_per_gpu,
+                        launcher=self.launcher, options=options[self.launcher])
+        launch.starter.check_workers(self.workers)
+        return launch
+
+
+def command_settings(command: str) -> dict[str, tuple[Any, str]]:
+    """Return the settings ``command`` reads, key → (default, help), launchers' last for run."""
+    table = {f.name: (f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)
+             if command in f.metadata["commands"]}
+    return {**table, **launcher_settings()} if command == RUN else table
+
+
+def launcher_defaults() -> dict[str, Any]:
+    """Return every launcher setting's default, key → value."""
+    return {key: default for key, (default, _) in launcher_settings().items()}
+
+
+SETTINGS = command_settings(RUN)
+"""Every setting of ``harness.run``, key → (default, help): for ``--help`` and the tests."""
+
+
+def parse_settings(arguments: Mapping[str, Argument]) -> Settings:
+    """Build Settings from parsed arguments whose keys all name settings.
+
+    A setting typed as text takes the text as typed where the grammar read a number or a
+    boolean (``parent=1e5`` stays ``"1e5"``, not ``100000.0``).
+    """
+    hints = typing.get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    launcher_options: dict[str, Any] = {}
+    for key, (value, text) in arguments.items():
+        if key in launcher_settings():
+            launcher_options[key] = value
+            continue
+        hint = hints[key]
+        if hint in (str, str | None) and not isinstance(value, str | list | dict) and not (
+                value is None and hint is not str):
+            value = text
+        values[key] = value
+    return Settings(**values, launcher_options=launcher_options)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one invocation of ``harness.run`` needs, validated."""
 
+    settings: Settings  # the harness's own settings, as the command line gave them
     study: StudySpec
     recipe: Recipe  # the base recipe: study + budget + command line, before any toggle
     budget: str  # smoke | cpu | full, never auto
@@ -94,17 +196,8 @@ class RunConfig:
     fixed: dict[str, str]  # toggles that hold in every trial
     factors: dict[str, list[str]]  # trick → options searched (optuna) or crossed (grid)
     n_trials: int | None
-    storage: str | None
-    tracking_uri: str
-    device: str
-    progress: bool
-    out: str | None
-    stale_after: float
-    retry_window: float = RETRY_WINDOW
     launch: Launch = field(default_factory=Launch)
     overrides: tuple[str, ...] = field(default=())
-    rerun: bool = False
-    margin: float = 1.0  # points: the report's band for `negligible`
     rounds: Rounds | None = None  # seeds=auto: the rounds; seeds are then the first round's
     # seeds=+N: N new seeds after those with finished runs, which only the store knows; parsing
     # leaves ``seeds`` at the study's, and :func:`with_more_seeds` reads the store.
@@ -112,60 +205,18 @@ class RunConfig:
 
     def plan(self) -> Plan:
         """Return the study's plan: what its workers need, without the command line's settings."""
+        settings = self.settings
         return Plan(
             study=self.study.name, description=self.study.description, design=self.study.design,
             budget=self.budget, recipe=self.recipe, factors=self.factors, fixed=self.fixed,
             configs=self.configs,
             seeds=self.seeds, n_trials=self.n_trials, objective=self.study.objective,
             direction=self.study.direction, pruner=self.study.pruner, search=self.study.search,
-            storage=self.storage, tracking_uri=self.tracking_uri,
-            device=self.device, progress=self.progress, stale_after=self.stale_after,
-            retry_window=self.retry_window, command_line=self.overrides, rerun=self.rerun,
+            storage=settings.storage, tracking_uri=settings.tracking_uri,
+            device=settings.device, progress=settings.progress,
+            stale_after=settings.stale_after, retry_window=settings.retry_window,
+            command_line=self.overrides, rerun=settings.rerun,
         )
-
-
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings with Hydra's override grammar into ``{key: python value}``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    values: dict[str, Any] = {}
-    for arg in args:
-        if "=" not in arg:
-            raise UserError(f"cannot read '{arg}': overrides look like key=value, e.g. budget=cpu")
-        key, _, text = arg.partition("=")
-        control = next((char for char in arg if unicodedata.category(char) == "Cc"), None)
-        if control is not None:
-            raise UserError(f"cannot read '{arg}': it holds the control character "
-                            f"{control!r}; no setting means one, so type it again without")
-        try:
-            (override,) = parser.parse_overrides([arg])
-        except HydraException as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"cannot read '{arg}': {first}; quote a path with spaces or "
-                            f"non-ASCII characters, e.g. '{key}=\"{text}\"' (lists look like "
-                            f"[a,b])") from None
-        except ValueError as exc:  # Hydra's int() of a number past Python's 4300-digit limit
-            numbers = re.findall(r"\d+", text)
-            if not numbers:
-                raise UserError(f"cannot read '{arg}': {exc}") from None
-            raise too_large(key, max(numbers, key=len)) from None
-        if override.is_sweep_override():
-            raise UserError(f"'{arg}' is a sweep; give a factor's options as a list instead, "
-                            f"e.g. factors.TRICK=[OPTION_A,OPTION_B]")
-        if override.is_delete() or override.is_add() or override.is_force_add():
-            raise UserError(f"'{arg}': only plain key=value overrides are supported")
-        key = override.key_or_group
-        value = plain(override.value())
-        check_integer_size(key, value)
-        if "${" in str(value):
-            # OmegaConf would resolve it later, reading the environment or failing with a
-            # traceback; a command line means its values literally.
-            raise UserError(f"'{arg}': interpolations (${{...}}) are not supported on the "
-                            f"command line; give the value itself")
-        values[key] = value
-    return values
 
 
 def recipe_keys() -> list[str]:
@@ -181,15 +232,16 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
     """Turn command-line overrides into a validated RunConfig, or raise a UserError."""
     load_tricks()
     more_seeds = _more_seeds(args)
-    values = parse_overrides([arg for arg in args if not arg.startswith(MORE_SEEDS_PREFIX)])
-    settings = {key: default for key, (default, _) in SETTINGS.items()}
+    arguments = parse_arguments([arg for arg in args if not arg.startswith(MORE_SEEDS_PREFIX)])
+    given: dict[str, Argument] = {}
     recipe_overrides: dict[str, Any] = {}
     factor_overrides: dict[str, list[str]] = {}
     trick_overrides: dict[str, str] = {}
     valid_recipe_keys = set(recipe_keys()) | {"seed"}
-    for key, value in values.items():
+    for key, argument in arguments.items():
+        value = argument.value
         if key in SETTINGS:
-            settings[key] = value
+            given[key] = argument
         elif key in valid_recipe_keys:
             recipe_overrides[key] = value
         elif key.startswith("factors."):
@@ -201,77 +253,57 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
         else:
             choices = [*SETTINGS, *valid_recipe_keys, *TRICKS, "factors.<trick>"]
             raise unknown_choice("key", key, choices)
+    settings = parse_settings(given)
 
-    study = load_study(str(settings["study"])).with_design(
-        None if settings["design"] is None else str(settings["design"]),
-        {} if settings["resolution"] is None else {"resolution": settings["resolution"]})
-    budget = resolve_budget(str(settings["budget"]), cuda_available)
+    study = load_study(settings.study).with_design(
+        settings.design, {} if settings.resolution is None else {"resolution": settings.resolution})
+    budget = resolve_budget(settings.budget, cuda_available)
     recipe = compose_recipe(study, budget, recipe_overrides)
     rounds = _rounds(settings, study.seeds_for(budget),
                      None if more_seeds else study.max_seeds_for(budget))
     if rounds and study.design.searches:
         raise UserError(f"seeds=auto repeats a design's configs in rounds; design "
                         f"{study.design.name} searches instead, so give seeds=[...]")
-    seeds = rounds.first if rounds else _seeds(settings["seeds"], study.seeds_for(budget))
-    if more_seeds and settings["seeds"] is not None:
+    seeds = rounds.first if rounds else _seeds(settings.seeds, study.seeds_for(budget))
+    if more_seeds and settings.seeds is not None:
         raise UserError("give seeds=[...] or seeds=+N, not both")
     factors, configs, fixed = study.plan(factor_overrides, trick_overrides)
-    n_trials = settings["n_trials"] if settings["n_trials"] is not None else (
+    n_trials = settings.n_trials if settings.n_trials is not None else (
         study.n_trials_for(budget))
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int)
-                                 or n_trials <= 0):
-        raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
-    for flag in ("progress", "rerun"):
-        if not isinstance(settings[flag], bool):
-            raise UserError(f"{flag} must be true or false, got {settings[flag]!r}")
-    storage = None if settings["storage"] is None else str(settings["storage"])
-    check_storage(storage)
+    check_storage(settings.storage)
     return RunConfig(
-        study=study, recipe=recipe, budget=budget, seeds=seeds, configs=tuple(configs),
-        fixed=fixed, factors=factors, n_trials=n_trials,
-        storage=storage, tracking_uri=str(settings["tracking_uri"]),
-        device=str(settings["device"]), progress=settings["progress"],
-        out=None if settings["out"] is None else str(settings["out"]),
-        stale_after=_positive_float("stale_after", settings["stale_after"]),
-        retry_window=_positive_float("retry_window", settings["retry_window"]),
-        launch=_launch(settings), overrides=tuple(args), rerun=settings["rerun"],
-        margin=_positive_float("margin", settings["margin"], "accuracy points"),
-        rounds=rounds, more_seeds=more_seeds,
+        settings=settings, study=study, recipe=recipe, budget=budget, seeds=seeds,
+        configs=tuple(configs), fixed=fixed, factors=factors, n_trials=n_trials,
+        launch=settings.launch(), overrides=tuple(args), rounds=rounds, more_seeds=more_seeds,
     )
 
 
-def _rounds(settings: Mapping[str, Any], default: Sequence[int], budget_cap: int | None
+def _rounds(settings: Settings, default: Sequence[int], budget_cap: int | None
             ) -> Rounds | None:
     """Return the rounds of ``seeds=auto``, None for fixed seeds; refuse stray round settings.
 
     A budget with ``max_seeds`` in its study file runs ``seeds=auto`` unless the command line
     gives seeds.
     """
-    if settings["seeds"] is None and budget_cap is not None:
-        settings = {**settings, "seeds": AUTO,
-                    "max_seeds": budget_cap if settings["max_seeds"] is None
-                    else settings["max_seeds"]}
-    if settings["seeds"] != AUTO:
+    max_seeds = settings.max_seeds
+    auto = settings.seeds == AUTO or (settings.seeds is None and budget_cap is not None)
+    if settings.seeds is None and budget_cap is not None and max_seeds is None:
+        max_seeds = budget_cap
+    if not auto:
         for key in ("max_seeds", "max_minutes"):
-            if settings[key] is not None:
+            if getattr(settings, key) is not None:
                 raise UserError(f"{key} sets the rounds of seeds=auto; add seeds=auto or drop it")
-        if settings["seed_offset"] != 0:
+        if settings.seed_offset != 0:
             raise UserError("seed_offset shifts the seeds of seeds=auto; give seeds=[...] "
                             "themselves otherwise")
         return None
-    offset = settings["seed_offset"]
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_SEED:
-        raise UserError(f"seed_offset must be an integer from 0 to {MAX_SEED}, got {offset!r}")
-    first = check_seed_range([seed + offset for seed in _seeds(None, default)])
-    max_seeds = DEFAULT_MAX_SEEDS if settings["max_seeds"] is None else settings["max_seeds"]
+    first = check_seed_range([seed + settings.seed_offset for seed in _seeds(None, default)])
+    max_seeds = DEFAULT_MAX_SEEDS if max_seeds is None else max_seeds
     if (not isinstance(max_seeds, int) or isinstance(max_seeds, bool)
             or not len(first) <= max_seeds <= MAX_AUTO_SEEDS):
         raise UserError(f"max_seeds must be an integer from {len(first)} (the study's own seeds) "
                         f"to {MAX_AUTO_SEEDS}, got {max_seeds!r}")
-    minutes = settings["max_minutes"]
-    if minutes is not None:
-        minutes = _positive_float("max_minutes", minutes, "minutes")
-    return Rounds(first=first, max_seeds=max_seeds, max_minutes=minutes)
+    return Rounds(first=first, max_seeds=max_seeds, max_minutes=settings.max_minutes)
 
 
 MORE_SEEDS_PREFIX = "seeds=+"
@@ -310,31 +342,10 @@ def with_more_seeds(cfg: RunConfig) -> RunConfig:
         return cfg
     from harness.tracking.store import recorded_seeds
 
-    check_tracking(cfg.tracking_uri)
-    present = recorded_seeds(cfg.tracking_uri, experiment_name(cfg.study.name, cfg.budget))
+    check_tracking(cfg.settings.tracking_uri)
+    present = recorded_seeds(cfg.settings.tracking_uri, experiment_name(cfg.study.name, cfg.budget))
     seeds = grown_seeds(present or list(cfg.seeds), cfg.more_seeds)
     return dataclasses.replace(cfg, seeds=check_seed_range(seeds), more_seeds=0)
-
-
-def _positive_float(key: str, value: Any, unit: str = "seconds") -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise UserError(f"{key} must be a positive number of {unit}, got {value!r}")
-    return float(value)
-
-
-def _launch(settings: Mapping[str, Any]) -> Launch:
-    """Check the workers and launcher settings (the launcher its own) and build the Launch."""
-    workers = settings["workers"]
-    if workers != "auto":
-        workers = positive_int("workers", workers)
-    if settings["launcher"] not in LAUNCHERS:
-        raise unknown_choice("launcher", settings["launcher"], LAUNCHERS)
-    options = {name: LAUNCHERS.get(name).parse(settings) for name in LAUNCHERS}
-    launch = Launch(workers=workers,
-                    trials_per_gpu=positive_int("trials_per_gpu", settings["trials_per_gpu"]),
-                    launcher=settings["launcher"], options=options[settings["launcher"]])
-    launch.starter.check_workers(workers)
-    return launch
 
 
 def resolve_budget(budget: str, cuda_available: bool | None = None) -> str:

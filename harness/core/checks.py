@@ -391,6 +391,13 @@ def positive_int(key: str, value: Any, none_ok: bool = False) -> int | None:
     return value
 
 
+def positive_number(key: str, value: Any, unit: str = "of seconds") -> float:
+    """Return ``value`` as a float if it is a positive number below 1e9 (``unit`` for the line)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise UserError(f"{key} must be a positive number {unit}, got {abbreviated(repr(value))}")
+    return float(value)
+
+
 def count(key: str, value: Any) -> int:
     """Return ``value`` if it is 0 or a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

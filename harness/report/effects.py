@@ -38,7 +38,8 @@ from harness.report.examples import (
     pair_bound,
 )
 from harness.report.noise import Layout, RunNoise, estimate
-from harness.report.tables import DEFAULT_METRIC, SCORE, Factors, cells, metric_def
+from harness.report.tables import DEFAULT_METRIC, SCORE, Factors, cells
+from harness.training.metrics import by_logged_name
 
 HELPS, HURTS, NEGLIGIBLE, UNDETERMINED = "helps", "hurts", "negligible", "undetermined"
 CALLS = (HELPS, HURTS, NEGLIGIBLE, UNDETERMINED)
@@ -167,7 +168,7 @@ def option_tests(runs: pd.DataFrame, factors: Factors, defaults: Mapping[str, st
             is tested on the training seeds' noise alone, for this test set.
     """
     table = study_cells(runs, factors, metric)
-    scored = metric_def(metric)
+    scored = by_logged_name(metric)
     if metric != DEFAULT_METRIC:
         examples = None
     # The default first, so that option 0 of every trick in the layout is its neutral one.

@@ -15,8 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, UNDETERMINED  # noqa: E402
-from harness.report.tables import CONFIG_STAT_COLUMNS, metric_def  # noqa: E402
+from harness.report.tables import CONFIG_STAT_COLUMNS  # noqa: E402
 from harness.report.verdict import Verdict  # noqa: E402
+from harness.training.metrics import by_logged_name  # noqa: E402
 
 DPI = 120  # dots per inch: sharp enough in the MLflow UI, small files (~50 kB)
 CALL_COLOURS = {HELPS: "tab:green", HURTS: "tab:red", NEGLIGIBLE: "tab:blue",
@@ -63,7 +64,7 @@ def pareto_chart(verdict: Verdict, path: str | Path) -> Path:
             axis.set_yticks(positions, labels, fontsize=8)
             axis.invert_yaxis()  # rank 1 on top
             tested = int(np.isfinite(table["ci_low"].to_numpy(float)).sum())
-            scored = metric_def(verdict.metric)
+            scored = by_logged_name(verdict.metric)
             axis.set_xlabel(f"effect on {scored.label} ({scored.unit}"
                             + ("" if scored.higher_is_better else ", a fall")
                             + "); intervals hold jointly at "

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from harness.report.effects import HELPS, HURTS, NEGLIGIBLE, UNDETERMINED
-from harness.report.tables import DEFAULT_METRIC, metric_def
+from harness.report.tables import DEFAULT_METRIC
 from harness.report.verdict import MAX_SEEDS as MAX_PLANNED
 from harness.report.verdict import Verdict
+from harness.training.metrics import by_logged_name
 
 
 def _signed(value: float, digits: int = 1) -> str:
@@ -35,12 +36,12 @@ def _number(value: float, digits: int = 1) -> str:
 
 def unit_of(verdict: Verdict) -> str:
     """Return the unit of the verdict's metric: ``points`` for accuracies."""
-    return metric_def(verdict.metric).unit
+    return by_logged_name(verdict.metric).unit
 
 
 def measured_text(verdict: Verdict, value: float) -> str:
     """Return a config's value of the verdict's metric: ``73.1% test accuracy``."""
-    scored = metric_def(verdict.metric)
+    scored = by_logged_name(verdict.metric)
     if scored.unit == "points":
         return f"{_number(value)}% {scored.label}"
     return f"{_number(value, 3)} {scored.unit} {scored.label}"
@@ -50,7 +51,7 @@ def metric_line(verdict: Verdict) -> list[str]:
     """Return, for a metric other than test accuracy, what its effects and gains mean."""
     if verdict.metric == DEFAULT_METRIC:
         return []
-    scored = metric_def(verdict.metric)
+    scored = by_logged_name(verdict.metric)
     way = ("higher is better" if scored.higher_is_better
            else "lower is better, so an effect or gain is how much an option lowers it")
     noise = ("" if scored.share_of_examples else

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harness.tracking.schema import Metric
-from harness.training.metrics import METRICS, MetricDef, by_logged_name
+from harness.training.metrics import METRICS, by_logged_name
 
 Factors = Mapping[str, Sequence[str]]
 """Trick name → its options in study order; the first option is the neutral default."""
@@ -127,7 +127,8 @@ def cells(runs: pd.DataFrame, factors: Factors, metric: str = DEFAULT_METRIC) ->
     Args:
         runs: One row per trial run.
         factors: Trick → options in study order.
-        metric: The logged metric to score cells on (see :func:`metric_def`). Results without a
+        metric: The logged metric to score cells on (a name
+            :func:`~harness.training.metrics.by_logged_name` knows). Results without a
             value of a metric other than test accuracy (a diverged run's loss) are left out.
 
     Returns:
@@ -136,7 +137,7 @@ def cells(runs: pd.DataFrame, factors: Factors, metric: str = DEFAULT_METRIC) ->
         averaged into the cell).
     """
     results = result_runs(runs, factors)
-    chosen = metric_def(metric)
+    chosen = by_logged_name(metric)
     if metric != Metric.TEST_ACC:
         results = results[column(results, metric).astype(float).notna().to_numpy()]
     keys = [*factors, "seed"]
@@ -150,15 +151,6 @@ def cells(runs: pd.DataFrame, factors: Factors, metric: str = DEFAULT_METRIC) ->
     table = grouped[[SCORE, "train_seconds", "test_images"]].mean()
     table["run_ids"] = grouped["run_ids"].agg(tuple)
     return table.reset_index()
-
-
-def metric_def(metric: str) -> MetricDef:
-    """Return the registered metric logged as ``metric`` (``test_loss``).
-
-    Raises:
-        UserError: No registered metric is logged under that name; the message lists them.
-    """
-    return by_logged_name(metric)
 
 
 def grid_order(frame: pd.DataFrame, factors: Factors) -> pd.DataFrame:

@@ -32,10 +32,10 @@ from harness.report.tables import (
     config_table,
     is_result,
     is_running,
-    metric_def,
     missing_configs,
     result_runs,
 )
+from harness.training.metrics import by_logged_name
 
 VERDICT_COLUMNS = (
     "rank",
@@ -305,7 +305,7 @@ def pareto_verdict(
     configs = config_table(runs, factors)
     tests = option_tests(runs, factors, defaults, examples, images, metric)
     effects = effects_table(tests, alpha, margin)
-    mean, sign = f"{metric}_mean", metric_def(metric).sign
+    mean, sign = f"{metric}_mean", by_logged_name(metric).sign
     baseline_toggles = {trick: defaults[trick] for trick in factors}
     baseline = _config_row(configs, baseline_toggles)
     baseline_acc = math.nan if baseline is None else float(baseline[mean])

@@ -21,9 +21,10 @@ from harness.report.figures import cost_accuracy_chart, pareto_chart
 from harness.report.html import PROVENANCE_TAGS, report_html
 from harness.report.load import load_examples, load_runs, optuna_importances, study_command
 from harness.report.render import format_verdict, verdict_markdown
-from harness.report.tables import DEFAULT_METRIC, config_table, metric_def
+from harness.report.tables import DEFAULT_METRIC, config_table
 from harness.report.verdict import Verdict, pareto_verdict
 from harness.study.designs import Design, from_record
+from harness.training.metrics import by_logged_name
 
 ARTIFACT_DIR = "report"
 """The folder of the parent run's artifacts that holds the report."""
@@ -153,7 +154,7 @@ def write_report(
     if alpha is None:
         alpha = meta.get("alpha") or stats.ALPHA
     if margin is None:
-        margin = metric_def(metric).margin
+        margin = by_logged_name(metric).margin
     verdict = pareto_verdict(runs, factors, defaults, planned=meta.get("configs"),
                              searched=searched, images=meta.get("test_images", math.nan),
                              examples=examples, alpha=alpha, margin=margin, metric=metric,
@@ -253,7 +254,7 @@ def build_report(
     Raises:
         UserError: From :func:`harness.report.load_runs` (no such study, no trial runs, ...).
     """
-    scored = metric_def(metric)  # an unknown metric fails before the store is read
+    scored = by_logged_name(metric)  # an unknown metric fails before the store is read
     runs, meta = load_runs(tracking_uri, study, budget, parent_run_id=parent_run_id)
     # The per-example results are of test accuracy; no other metric reads them.
     examples = (load_examples(tracking_uri, runs) if scored.logged_as == DEFAULT_METRIC

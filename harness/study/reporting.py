@@ -43,14 +43,14 @@ def report_study(cfg: RunConfig, outcome: StudyOutcome, alpha: float | None = No
     # The per-example results are downloaded artifacts: no progress bar for each.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracking_uri = outcome.tracking_uri
-    out_dir = Path(cfg.out) if cfg.out else Path("exports") / outcome.experiment
+    out_dir = Path(cfg.settings.out) if cfg.settings.out else Path("exports") / outcome.experiment
     alpha = stats.ALPHA if alpha is None else alpha
     tracker = Tracker(tracking_uri)
     # A plain run of the same seeds shares a look's parent run; the latest command's rate holds.
     tracker.set_tags(outcome.parent_run_id, {Tag.ALPHA: repr(alpha)})
     try:
         report = build_report(tracking_uri, cfg.study.name, cfg.budget, out_dir,
-                              outcome.parent_run_id, log_to_mlflow=True, margin=cfg.margin,
+                              outcome.parent_run_id, log_to_mlflow=True, margin=cfg.settings.margin,
                               alpha=alpha)
     except UserError as exc:  # e.g. no trial has started: the study itself still ran
         tracker.flush()
