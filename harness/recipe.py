@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.core.checks import finite_number
 from harness.core.errors import UserError, unknown_choice
 
 CROP_FILLS = ("zeros", "reflect")  # what fills the padding of a random crop
@@ -182,7 +184,26 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
 
 
 def validate(recipe: Recipe) -> None:
-    """Raise a UserError for values no run could use, naming the key and the rule."""
+    """Raise a UserError for values no run could use, naming the key and the rule.
+
+    Every value's range is checked here, on construction, so a trial's recipe after its tricks
+    is checked as the base recipe is; that its names are registered is checked by
+    ``harness.config.preflight.check_recipe``, above the registries.
+    """
+    for key, value in recipe.flat().items():
+        for number in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise UserError(f"{key} must be a finite number, got {number}")
+    for name, values in recipe.trainer.hooks.items():
+        for key, value in dict(values).items():
+            finite_number(f"trainer.hooks.{name}.{key}", value)
+    optimizer = recipe.optimizer
+    if not 0.0 <= optimizer.momentum <= 1.0:
+        raise UserError(f"optimizer.momentum must be in [0, 1], got {optimizer.momentum:g}")
+    if not all(0.0 <= beta < 1.0 for beta in optimizer.betas):
+        raise UserError(f"optimizer.betas must be in [0, 1), got {list(optimizer.betas)}")
+    if optimizer.eps <= 0 or optimizer.lr_factor <= 0:
+        raise UserError("optimizer.eps and optimizer.lr_factor must be positive")
     positive = {
         "trainer.epochs": recipe.trainer.epochs,
         "trainer.batch_size": recipe.trainer.batch_size,

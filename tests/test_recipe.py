@@ -53,3 +53,18 @@ def test_toggles_stay_option_names_and_hook_settings_become_numbers():
     assert recipe.toggles == {"label_smoothing": "0.1", "stem": "deep"}
     assert recipe.trainer.hooks == {"h": {"k": 2.0}}
     assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_a_trial_recipe_is_range_checked_when_it_is_built():
+    """Tricks build each trial's recipe with ``replace``: its values are checked as it is made."""
+    import dataclasses
+
+    base = Recipe()
+    with pytest.raises(UserError, match=r"optimizer.momentum must be in \[0, 1\]"):
+        dataclasses.replace(base, optimizer=dataclasses.replace(base.optimizer, momentum=2.0))
+    with pytest.raises(UserError, match="optimizer.lr must be a finite number"):
+        dataclasses.replace(base, optimizer=dataclasses.replace(base.optimizer,
+                                                                lr=float("nan")))
+    with pytest.raises(UserError, match="trainer.hooks.ema.decay must be a finite number"):
+        dataclasses.replace(base, trainer=dataclasses.replace(
+            base.trainer, hooks={"ema": {"decay": float("inf")}}))

@@ -9,10 +9,8 @@ stores' kinds (an Optuna storage that is MLflow's database, or the other way rou
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from harness.config.settings import RunConfig
 from harness.core.checks import (
@@ -82,19 +80,12 @@ def trial_recipes(cfg: RunConfig) -> Iterator[Recipe]:
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Every number finite and in range, and every name registered, in one trial's recipe."""
-    for key, value in recipe.flat().items():
-        for number in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(number, float) and not math.isfinite(number):
-                raise UserError(f"{key} must be a finite number, got {number}")
-    optimizer = recipe.optimizer
-    if not 0.0 <= optimizer.momentum <= 1.0:
-        raise UserError(f"optimizer.momentum must be in [0, 1], got {optimizer.momentum:g}")
-    if not all(0.0 <= beta < 1.0 for beta in optimizer.betas):
-        raise UserError(f"optimizer.betas must be in [0, 1), got {list(optimizer.betas)}")
-    if optimizer.eps <= 0 or optimizer.lr_factor <= 0:
-        raise UserError("optimizer.eps and optimizer.lr_factor must be positive")
-    model = recipe.model
+    """Every name in one trial's recipe registered (its values' ranges: ``recipe.validate``).
+
+    The registries sit above the recipe's layer, so the names are checked here, for the
+    recipe of every trial after its tricks.
+    """
+    optimizer, model = recipe.optimizer, recipe.model
     names = {
         "model.arch": (ARCHITECTURES, [model.arch]),
         "model.stem": (STEMS, [model.stem]),
@@ -113,13 +104,6 @@ def check_recipe(recipe: Recipe) -> None:
     for name in (model.init, *model.post_init):
         if name not in initializers:
             raise unknown_choice("model.init", name, initializers)
-    _check_hook_values(recipe.trainer.hooks)
-
-
-def _check_hook_values(hooks: Mapping[str, Mapping[str, Any]]) -> None:
-    for name, values in hooks.items():
-        for key, value in dict(values).items():
-            finite_number(f"trainer.hooks.{name}.{key}", value)
 
 
 def check_trial_devices(cfg: RunConfig, recipes: Iterable[Recipe],
