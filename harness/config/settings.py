@@ -114,10 +114,7 @@ class Settings:
                 raise UserError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.budget not in BUDGETS:
             raise unknown_choice("budget", self.budget, BUDGETS)
-        n_trials = self.n_trials
-        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int)
-                                     or n_trials <= 0):
-            raise UserError(f"n_trials must be a positive integer, got {n_trials!r}")
+        positive_int("n_trials", self.n_trials, none_ok=True)
         offset = self.seed_offset
         if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_SEED:
             raise UserError(f"seed_offset must be an integer from 0 to {MAX_SEED}, got "
