@@ -136,8 +136,10 @@ def test_run_and_export_read_a_shared_setting_the_same_way():
     assert (ran.margin, ran.out, ran.tracking_uri) == (2.0, "1e5", "sqlite:///a b.db")
     # A run id that the grammar would read as a number keeps its text.
     assert export_args(["study=tricks", "parent=1e5"]).parent == "1e5"
-    for parse in (build_config, export_args):
-        assert "given twice" in _refusal(parse, ["study=tricks", "budget=cpu", "budget=smoke"])
+    # A command line layered over another: the later value wins on run, as in Hydra; export,
+    # which nothing layers, refuses the repeat.
+    assert build_config(["study=tricks", "budget=cpu", "budget=smoke"]).budget == "smoke"
+    assert "given twice" in _refusal(export_args, ["study=tricks", "budget=cpu", "budget=smoke"])
 
 
 def test_the_settings_tables_are_the_typed_settings_fields():

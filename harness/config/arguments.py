@@ -31,11 +31,17 @@ class Argument(NamedTuple):
     text: str
 
 
-def parse_arguments(args: Sequence[str]) -> dict[str, Argument]:
+def parse_arguments(args: Sequence[str], *, later_wins: bool = False) -> dict[str, Argument]:
     """Parse ``key=value`` strings with Hydra's override grammar, in the order given.
 
+    Args:
+        args: The arguments.
+        later_wins: A key given again replaces its earlier value, as in Hydra: ``harness.run``
+            layers a command line over a Makefile's or a script's. Otherwise it is refused.
+
     Raises:
-        UserError: An argument without ``=``, a key given twice, a control character, a
+        UserError: An argument without ``=``, a key given twice (unless ``later_wins``), a
+            control character, a
             grammar error (the line says how to quote), a sweep, ``+``/``~`` overrides, an
             interpolation, or an integer too large to be meant.
     """
@@ -71,7 +77,7 @@ def parse_arguments(args: Sequence[str]) -> dict[str, Argument]:
         if override.is_delete() or override.is_add() or override.is_force_add():
             raise UserError(f"'{arg}': only plain key=value overrides are supported")
         key = override.key_or_group
-        if key in values:
+        if key in values and not later_wins:
             raise UserError(f"argument '{key}' is given twice")
         value = plain(override.value())
         check_integer_size(key, value)
@@ -85,8 +91,9 @@ def parse_arguments(args: Sequence[str]) -> dict[str, Argument]:
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings into ``{key: python value}`` (see :func:`parse_arguments`)."""
-    return {key: argument.value for key, argument in parse_arguments(args).items()}
+    """Parse ``key=value`` strings into ``{key: python value}``, a repeated key's later value."""
+    return {key: argument.value
+            for key, argument in parse_arguments(args, later_wins=True).items()}
 
 
 def key_values(argv: Sequence[str], defaults: Mapping[str, Value], empty_allowed: bool = False

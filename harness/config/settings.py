@@ -229,7 +229,8 @@ def build_config(args: Sequence[str], cuda_available: bool | None = None) -> Run
     """Turn command-line overrides into a validated RunConfig, or raise a UserError."""
     load_tricks()
     more_seeds = _more_seeds(args)
-    arguments = parse_arguments([arg for arg in args if not arg.startswith(MORE_SEEDS_PREFIX)])
+    arguments = parse_arguments([arg for arg in args if not arg.startswith(MORE_SEEDS_PREFIX)],
+                                later_wins=True)
     given: dict[str, Argument] = {}
     recipe_overrides: dict[str, Any] = {}
     factor_overrides: dict[str, list[str]] = {}
