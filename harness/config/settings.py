@@ -166,10 +166,11 @@ def parse_settings(arguments: Mapping[str, Argument]) -> Settings:
     boolean (``parent=1e5`` stays ``"1e5"``, not ``100000.0``).
     """
     hints = typing.get_type_hints(Settings)
+    launcher_keys = launcher_settings()
     values: dict[str, Any] = {}
     launcher_options: dict[str, Any] = {}
     for key, (value, text) in arguments.items():
-        if key in launcher_settings():
+        if key in launcher_keys:
             launcher_options[key] = value
             continue
         hint = hints[key]
